@@ -1,0 +1,3 @@
+"""EventIndex: the event catalogue of the SPD experiment at NICA."""
+
+__version__ = "0.1.0"

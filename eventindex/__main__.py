@@ -1,0 +1,3 @@
+from eventindex.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,64 @@
+"""The application factory. Nothing is built at import time."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import TypedDict
+
+import asyncpg
+from fastapi import FastAPI
+
+from eventindex import __version__
+from eventindex.config import Settings
+from eventindex.db import create_pool
+from eventindex.problems import install_handlers
+from eventindex.routes import events, health
+
+log = logging.getLogger("eventindex")
+
+_POOL_CLOSE_TIMEOUT = 10.0
+
+
+class State(TypedDict):
+    pool: asyncpg.Pool
+    settings: Settings
+
+
+def create_app(settings: Settings) -> FastAPI:
+    if settings.database_url is None:
+        raise ValueError("settings.database_url must be set (the CLI starts an embedded server)")
+    dsn = settings.database_url
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[State]:
+        pool = await create_pool(settings, dsn)
+        try:
+            yield {"pool": pool, "settings": settings}
+        finally:
+            try:
+                await asyncio.wait_for(pool.close(), _POOL_CLOSE_TIMEOUT)
+            except TimeoutError:
+                log.warning("database pool did not close in time; terminating connections")
+                pool.terminate()
+
+    app = FastAPI(
+        title="EventIndex",
+        version=__version__,
+        summary="Event catalogue of the SPD experiment: which raw file holds each event.",
+        lifespan=lifespan,
+    )
+    install_handlers(app)
+    app.include_router(health.router)
+    app.include_router(events.router)
+    return app
+
+
+def app_from_environment() -> FastAPI:
+    """Factory for ``uvicorn --factory`` (used by ``serve --reload``)."""
+    return create_app(Settings())
+
+
+__all__ = ["app_from_environment", "create_app"]

@@ -1,0 +1,66 @@
+"""Service settings, read from ``EVENTINDEX_*`` environment variables."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MAX_RUN_NUMBER = 2**31 - 1
+MAX_EVENT_NUMBER = 2**63 - 1
+
+
+class LogLevel(StrEnum):
+    DEBUG = "debug"
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+
+class Settings(BaseSettings):
+    """Every setting has an ``EVENTINDEX_`` environment variable of the same name."""
+
+    model_config = SettingsConfigDict(env_prefix="EVENTINDEX_", frozen=True, extra="ignore")
+
+    database_url: str | None = Field(
+        default=None,
+        description="PostgreSQL URL; unset means an embedded server under data_dir",
+    )
+    data_dir: Path = Field(
+        default=Path(".eventindex"),
+        description="Where the embedded PostgreSQL keeps its data when database_url is unset",
+    )
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 8000
+    pool_min_size: Annotated[int, Field(ge=0)] = 1
+    pool_max_size: Annotated[int, Field(ge=1)] = 10
+    pool_acquire_timeout: Annotated[float, Field(gt=0)] = 10.0
+    statement_timeout_ms: Annotated[int, Field(ge=0)] = 60_000
+    max_json_pairs: Annotated[int, Field(ge=1)] = 100_000
+    max_body_bytes: Annotated[int, Field(ge=1024)] = 16 * 1024 * 1024
+    max_stream_bytes: Annotated[int, Field(ge=1024)] = 4 * 1024**3
+    lookup_batch_size: Annotated[int, Field(ge=1, le=100_000)] = 20_000
+    stream_connections: Annotated[int, Field(ge=1, le=16)] = 2
+    spool_memory_bytes: Annotated[int, Field(ge=64 * 1024)] = 8 * 1024 * 1024
+    log_level: LogLevel = LogLevel.INFO
+
+    @model_validator(mode="after")
+    def _pool_sizes(self) -> Settings:
+        if self.pool_min_size > self.pool_max_size:
+            raise ValueError("pool_min_size must not exceed pool_max_size")
+        if self.stream_connections > self.pool_max_size:
+            raise ValueError("stream_connections must not exceed pool_max_size")
+        return self
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """One line naming each bad setting by its environment variable."""
+    parts = []
+    for err in exc.errors():
+        loc = "_".join(str(p) for p in err["loc"]).upper()
+        name = f"EVENTINDEX_{loc}" if loc else "settings"
+        parts.append(f"{name}: {err['msg']}")
+    return "invalid settings: " + "; ".join(parts)

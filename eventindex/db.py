@@ -1,0 +1,65 @@
+"""The asyncpg pool: made in the app's lifespan, handed to handlers by a dependency."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated, TypeAlias
+
+import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+from fastapi import Depends, Request
+
+from eventindex.config import Settings
+
+# What "the database is not there" looks like from asyncpg: refused or dropped
+# connections, a server starting up or shutting down, a full pool.
+# A connection of its own, or one lent by the pool.
+Connection: TypeAlias = asyncpg.Connection | PoolConnectionProxy
+
+UNAVAILABLE_ERRORS: tuple[type[Exception], ...] = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.TooManyConnectionsError,
+)
+
+
+def server_settings(settings: Settings) -> dict[str, str]:
+    return {
+        "application_name": "eventindex",
+        "statement_timeout": str(settings.statement_timeout_ms),
+    }
+
+
+async def create_pool(settings: Settings, dsn: str) -> asyncpg.Pool:
+    """A pool that does not connect up front, so the service starts (and reports
+    not-ready) while the database is away, and reconnects when it returns."""
+    pool = await asyncpg.create_pool(
+        dsn,
+        init_size=0,
+        min_size=settings.pool_min_size,
+        max_size=settings.pool_max_size,
+        server_settings=server_settings(settings),
+        # Idle connections are closed so a restarted server is noticed early.
+        max_inactive_connection_lifetime=60.0,
+    )
+    assert pool is not None
+    return pool
+
+
+def get_pool(request: Request) -> asyncpg.Pool:
+    pool: asyncpg.Pool = request.state.pool
+    return pool
+
+
+def get_settings(request: Request) -> Settings:
+    settings: Settings = request.state.settings
+    return settings
+
+
+PoolDep = Annotated[asyncpg.Pool, Depends(get_pool)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]

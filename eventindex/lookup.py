@@ -1,0 +1,124 @@
+"""Batched lookups of (run_number, event_number) pairs on the primary key."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import AsyncIterable, AsyncIterator, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+
+import asyncpg
+import numpy as np
+
+from eventindex import queries
+from eventindex.db import Connection
+
+Batch = tuple[list[int], list[int]]
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """The answers to one batch as JSON objects joined by the separator, in request order."""
+
+    body: bytes
+    requested: int
+    found: int
+
+
+def _sorted_arguments(runs: Sequence[int], events: Sequence[int]) -> tuple[list[int], ...]:
+    n = len(runs)
+    r = np.fromiter(runs, dtype=np.int64, count=n)
+    e = np.fromiter(events, dtype=np.int64, count=n)
+    order = np.lexsort((e, r))
+    return r[order].tolist(), e[order].tolist(), order.tolist()
+
+
+async def lookup_batch(
+    conn: Connection, runs: Sequence[int], events: Sequence[int], separator: str
+) -> BatchResult:
+    """One query for the whole batch. Expects a connection from ``lookup_connections``."""
+    if not runs:
+        return BatchResult(b"", 0, 0)
+    r, e, o = _sorted_arguments(runs, events)
+    row = await conn.fetchrow(queries.LOOKUP_BATCH_JSON, r, e, o, separator)
+    assert row is not None
+    return BatchResult(bytes(row["body"]), len(runs), int(row["found"]))
+
+
+@asynccontextmanager
+async def lookup_connections(
+    pool: asyncpg.Pool, count: int, timeout: float
+) -> AsyncIterator[list[Connection]]:
+    """``count`` pooled connections, each in a read-only transaction set up for lookups."""
+    async with AsyncExitStack() as stack:
+        conns: list[Connection] = []
+        for _ in range(count):
+            conn = await stack.enter_async_context(pool.acquire(timeout=timeout))
+            await stack.enter_async_context(conn.transaction(readonly=True))
+            await conn.execute(queries.LOOKUP_PLAN_SETTINGS)
+            conns.append(conn)
+        yield conns
+
+
+async def lookup_batches(
+    conns: list[Connection], batches: AsyncIterable[Batch], separator: str
+) -> AsyncIterator[BatchResult]:
+    """Results of each batch, in order, with up to ``len(conns)`` queries in flight.
+
+    The next batch is read (parsed) while the database works on the previous
+    ones, so the service's CPU and the database's overlap.
+    """
+    free = deque(conns)
+    in_flight: deque[tuple[asyncio.Task[BatchResult], Connection]] = deque()
+    try:
+        async for runs, events in batches:
+            if not free:
+                task, conn = in_flight.popleft()
+                yield await task
+                free.append(conn)
+            conn = free.popleft()
+            task = asyncio.create_task(lookup_batch(conn, runs, events, separator))
+            in_flight.append((task, conn))
+        while in_flight:
+            task, _ = in_flight.popleft()
+            yield await task
+    finally:
+        for task, _ in in_flight:
+            task.cancel()
+        await asyncio.gather(*(t for t, _ in in_flight), return_exceptions=True)
+
+
+async def iterate_batches(runs: list[int], events: list[int], size: int) -> AsyncIterator[Batch]:
+    for start in range(0, len(runs), size):
+        yield runs[start : start + size], events[start : start + size]
+
+
+async def lookup_all(
+    pool: asyncpg.Pool,
+    runs: list[int],
+    events: list[int],
+    *,
+    separator: str,
+    batch_size: int,
+    connections: int,
+    timeout: float,
+) -> BatchResult:
+    """Every pair of an in-memory list, answered as one joined body."""
+    n_batches = -(-len(runs) // batch_size)
+    parts: list[bytes] = []
+    found = 0
+    async with lookup_connections(pool, max(1, min(connections, n_batches)), timeout) as conns:
+        async for result in lookup_batches(
+            conns, iterate_batches(runs, events, batch_size), separator
+        ):
+            parts.append(result.body)
+            found += result.found
+    return BatchResult(separator.encode().join(parts), len(runs), found)
+
+
+async def get_event(
+    pool: asyncpg.Pool, run: int, event: int, timeout: float
+) -> asyncpg.Record | None:
+    async with pool.acquire(timeout=timeout) as conn:
+        return await conn.fetchrow(queries.GET_EVENT, run, event)

@@ -1,0 +1,200 @@
+"""The one parser for (run_number, event_number) pairs given as text.
+
+Accepted, one or more pairs per line: ``run event``, ``run:event``,
+``run,event``, ``run/event``, several pairs separated by ``;``, NDJSON objects
+``{"run_number": R, "event_number": E}`` and ``[R, E]`` arrays. Blank lines,
+``#`` comments, surrounding spaces and one header line (a first line with no
+digit in it) are skipped. Anything else is an error naming its line.
+
+Input comes in chunks of whole lines. A chunk in the canonical shapes is
+parsed by one regular-expression pass over the whole chunk; anything else
+falls back to the line-by-line parser, which also words the errors.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import orjson
+
+from eventindex.config import MAX_EVENT_NUMBER, MAX_RUN_NUMBER
+
+_FAST_TEXT = re.compile(rb"^[ \t]*(\d{1,10})(?:[ \t]*[,:/][ \t]*|[ \t]+)(\d{1,19})[ \t]*\r?$", re.M)
+_FAST_NDJSON = re.compile(
+    rb'^[ \t]*\{[ \t]*"run_number"[ \t]*:[ \t]*(\d{1,10})[ \t]*,'
+    rb'[ \t]*"event_number"[ \t]*:[ \t]*(\d{1,19})[ \t]*\}[ \t]*\r?$',
+    re.M,
+)
+_TEXT_PAIR = re.compile(r"([^\s,:/]+)\s*[,:/]\s*([^\s,:/]+)|([^\s,:/]+)\s+([^\s,:/]+)")
+_DIGIT = re.compile(r"\d")
+_PAIR_KEYS = frozenset(("run_number", "event_number"))
+
+MAX_REPORTED_ERRORS = 1000
+
+
+@dataclass(frozen=True)
+class LineError:
+    """One bad line: where it is and what is wrong with it."""
+
+    line: int
+    reason: str
+
+    def __str__(self) -> str:
+        return f"line {self.line}: {self.reason}"
+
+
+class PairSyntaxError(ValueError):
+    def __init__(self, errors: list[LineError], total: int | None = None) -> None:
+        self.errors = errors
+        self.total = total if total is not None else len(errors)
+        first = errors[0]
+        more = f" (and {self.total - 1} more bad lines)" if self.total > 1 else ""
+        super().__init__(f"{first}{more}")
+
+    @classmethod
+    def single(cls, line: int, reason: str) -> PairSyntaxError:
+        return cls([LineError(line, reason)])
+
+
+def check_number(value: object, name: str, maximum: int) -> int:
+    """An int within [0, maximum], or ValueError saying what it is instead."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, str):
+            text = value.strip()
+            if text.isascii() and text.lstrip("+-").isdigit():
+                value = int(text)
+            else:
+                raise ValueError(f"{name} {value!r} is not a whole number")
+        else:
+            raise ValueError(f"{name} must be a whole number, not {type(value).__name__}")
+    assert isinstance(value, int)
+    if value < 0:
+        raise ValueError(f"{name} {value} is negative")
+    if value > maximum:
+        raise ValueError(f"{name} {value} is larger than {maximum}")
+    return value
+
+
+def _parse_json_item(text: str) -> tuple[int, int]:
+    try:
+        item = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(f"not valid JSON ({exc.args[0].split(':')[0]})") from None
+    if isinstance(item, dict):
+        missing = _PAIR_KEYS - item.keys()
+        if missing:
+            raise ValueError(f"missing {', '.join(sorted(missing))}")
+        extra = item.keys() - _PAIR_KEYS
+        if extra:
+            raise ValueError(f"unexpected field {sorted(extra)[0]!r}")
+        run, event = item["run_number"], item["event_number"]
+    elif isinstance(item, list) and len(item) == 2:
+        run, event = item
+    else:
+        raise ValueError('expected {"run_number": R, "event_number": E} or [R, E]')
+    if isinstance(run, str) or isinstance(event, str):
+        raise ValueError("numbers must be JSON numbers, not strings")
+    return (
+        check_number(run, "run_number", MAX_RUN_NUMBER),
+        check_number(event, "event_number", MAX_EVENT_NUMBER),
+    )
+
+
+def _parse_text_piece(piece: str) -> tuple[int, int]:
+    match = _TEXT_PAIR.fullmatch(piece)
+    if match is None:
+        raise ValueError(
+            f"expected 'run event' (or run:event, run,event, run/event), got {piece!r}"
+        )
+    run, event = match.group(1, 2) if match.group(1) is not None else match.group(3, 4)
+    return (
+        check_number(run, "run_number", MAX_RUN_NUMBER),
+        check_number(event, "event_number", MAX_EVENT_NUMBER),
+    )
+
+
+@dataclass
+class PairParser:
+    """Feeds chunks of whole lines in order; keeps line numbers and the header rule.
+
+    With ``collect_errors`` every bad line is recorded (up to a cap) and the
+    good ones still returned; without it the first bad line raises.
+    """
+
+    collect_errors: bool = False
+    line_no: int = 0
+    seen_content: bool = False
+    errors: list[LineError] = field(default_factory=list)
+    error_count: int = 0
+
+    def feed(self, chunk: bytes) -> tuple[list[int], list[int]]:
+        if not chunk:
+            return [], []
+        n_lines = chunk.count(b"\n") + (0 if chunk.endswith(b"\n") else 1)
+        fast = _FAST_NDJSON if chunk.lstrip()[:1] == b"{" else _FAST_TEXT
+        found = fast.findall(chunk)
+        if len(found) == n_lines:
+            runs = [int(r) for r, _ in found]
+            events = [int(e) for _, e in found]
+            if max(runs) <= MAX_RUN_NUMBER and max(events) <= MAX_EVENT_NUMBER:
+                self.line_no += n_lines
+                self.seen_content = True
+                return runs, events
+        return self._feed_slow(chunk)
+
+    def _feed_slow(self, chunk: bytes) -> tuple[list[int], list[int]]:
+        runs: list[int] = []
+        events: list[int] = []
+        lines = chunk.split(b"\n")
+        if chunk.endswith(b"\n"):
+            lines.pop()
+        for raw in lines:
+            self.line_no += 1
+            try:
+                pairs = self._parse_line(raw)
+            except ValueError as exc:
+                self._error(LineError(self.line_no, str(exc)))
+                continue
+            for run, event in pairs:
+                runs.append(run)
+                events.append(event)
+        return runs, events
+
+    def _parse_line(self, raw: bytes) -> list[tuple[int, int]]:
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ValueError("not valid UTF-8") from None
+        text = text.strip().lstrip("\ufeff")
+        if text.startswith(("{", "[")):
+            self.seen_content = True
+            return [_parse_json_item(text)]
+        text = text.split("#", 1)[0].strip()
+        if not text:
+            return []
+        if not self.seen_content:
+            self.seen_content = True
+            if _DIGIT.search(text) is None:
+                return []  # a header such as "run_number,event_number"
+        pieces = [p.strip() for p in text.split(";")]
+        return [_parse_text_piece(p) for p in pieces if p]
+
+    def _error(self, error: LineError) -> None:
+        self.error_count += 1
+        if not self.collect_errors:
+            raise PairSyntaxError([error])
+        if len(self.errors) < MAX_REPORTED_ERRORS:
+            self.errors.append(error)
+
+    def raise_collected(self) -> None:
+        if self.errors:
+            raise PairSyntaxError(self.errors, self.error_count)
+
+
+def parse_text(data: bytes) -> tuple[list[int], list[int]]:
+    """Parse a whole text body; every bad line is reported at once."""
+    parser = PairParser(collect_errors=True)
+    runs, events = parser.feed(data)
+    parser.raise_collected()
+    return runs, events

@@ -1,0 +1,133 @@
+"""RFC 9457 problem details: every error the API returns is one of these."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from starlette.exceptions import HTTPException
+
+from eventindex.db import UNAVAILABLE_ERRORS
+
+PROBLEM_JSON = "application/problem+json"
+_TYPE_BASE = "urn:eventindex:problem:"
+
+log = logging.getLogger("eventindex")
+
+
+class Problem(Exception):
+    """An error the client should see, with its HTTP status and the details."""
+
+    def __init__(
+        self,
+        status: int,
+        kind: str,
+        title: str,
+        detail: str,
+        headers: dict[str, str] | None = None,
+        **extra: Any,
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.kind = kind
+        self.title = title
+        self.detail = detail
+        self.headers = headers
+        self.extra = extra
+
+    def body(self, instance: str | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "type": _TYPE_BASE + self.kind,
+            "title": self.title,
+            "status": self.status,
+            "detail": self.detail,
+        }
+        if instance:
+            body["instance"] = instance
+        body.update(self.extra)
+        return body
+
+    def response(self, instance: str | None = None) -> Response:
+        return Response(
+            orjson.dumps(self.body(instance)),
+            status_code=self.status,
+            media_type=PROBLEM_JSON,
+            headers=self.headers,
+        )
+
+
+def database_unavailable(exc: BaseException | None = None) -> Problem:
+    reason = f" ({type(exc).__name__})" if exc is not None else ""
+    return Problem(
+        503,
+        "database-unavailable",
+        "Database unavailable",
+        f"The event catalogue's database cannot be reached{reason}; try again shortly.",
+        headers={"Retry-After": "5"},
+    )
+
+
+def _loc_text(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def validation_problem(errors: Sequence[Mapping[str, Any]], what: str = "request") -> Problem:
+    """A 422 that names each wrong field, and for pair lists the pair's index."""
+    items = []
+    for err in errors[:100]:
+        loc = tuple(err.get("loc", ()))
+        # FastAPI prefixes the source ("body", "path", "query"); keep it out of the prose.
+        where = loc[1:] if loc and loc[0] in ("body", "path", "query", "header") else loc
+        item: dict[str, Any] = {"loc": _loc_text(where), "message": err.get("msg", "invalid")}
+        if len(where) >= 2 and where[0] == "pairs" and isinstance(where[1], int):
+            item["pair"] = where[1]
+        items.append(item)
+    first = items[0] if items else {"loc": what, "message": "invalid"}
+    more = f" (and {len(errors) - 1} more errors)" if len(errors) > 1 else ""
+    detail = f"{first['loc'] or what}: {first['message']}{more}"
+    return Problem(422, "invalid-request", "Invalid request", detail, errors=items)
+
+
+def install_handlers(app: FastAPI) -> None:
+    async def on_problem(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, Problem)
+        return exc.response(request.url.path)
+
+    async def on_validation(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        return validation_problem(exc.errors()).response(request.url.path)
+
+    async def on_http(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        problem = Problem(
+            exc.status_code,
+            "http-" + str(exc.status_code),
+            str(exc.detail) if exc.status_code != 404 else "Not found",
+            str(exc.detail),
+            headers=dict(exc.headers) if exc.headers else None,
+        )
+        return problem.response(request.url.path)
+
+    async def on_unavailable(request: Request, exc: Exception) -> Response:
+        log.warning("database unavailable on %s: %r", request.url.path, exc)
+        return database_unavailable(exc).response(request.url.path)
+
+    async def on_unexpected(request: Request, exc: Exception) -> Response:
+        log.exception("unexpected error on %s", request.url.path)
+        problem = Problem(500, "internal", "Internal error", "An unexpected error occurred.")
+        return problem.response(request.url.path)
+
+    app.add_exception_handler(Problem, on_problem)
+    app.add_exception_handler(RequestValidationError, on_validation)
+    app.add_exception_handler(HTTPException, on_http)
+    for exc_type in UNAVAILABLE_ERRORS:
+        app.add_exception_handler(exc_type, on_unavailable)
+    app.add_exception_handler(Exception, on_unexpected)

@@ -1,0 +1,192 @@
+"""Event picking: one event by its numbers, or any number of (run, event) pairs."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Path, Request
+from fastapi.responses import Response
+from pydantic import ValidationError
+
+from eventindex import lookup
+from eventindex.config import MAX_EVENT_NUMBER, MAX_RUN_NUMBER, Settings
+from eventindex.db import PoolDep, SettingsDep
+from eventindex.pairs import PairSyntaxError, parse_text
+from eventindex.problems import Problem, validation_problem
+from eventindex.schemas import Event, LookupRequest, LookupResponse, ProblemDetail
+from eventindex.streaming import NDJSON, LookupStream, syntax_problem
+
+router = APIRouter(prefix="/v1", tags=["event picking"])
+
+_PROBLEM: dict[str, Any] = {"model": ProblemDetail, "content": {"application/problem+json": {}}}
+_LINE_TYPES = {
+    "application/x-ndjson",
+    "application/ndjson",
+    "application/jsonl",
+    "application/json-lines",
+    "text/plain",
+    "text/csv",
+}
+
+
+@router.get(
+    "/events/{run_number}/{event_number}",
+    response_model=Event,
+    summary="One event: its file, dataset and Online Filter decisions",
+    responses={404: _PROBLEM, 422: _PROBLEM, 503: _PROBLEM},
+)
+async def get_event(
+    run_number: Annotated[int, Path(ge=0, le=MAX_RUN_NUMBER, examples=[1234])],
+    event_number: Annotated[int, Path(ge=0, le=MAX_EVENT_NUMBER, examples=[56789])],
+    pool: PoolDep,
+    settings: SettingsDep,
+) -> Response:
+    row = await lookup.get_event(pool, run_number, event_number, settings.pool_acquire_timeout)
+    if row is None:
+        raise Problem(
+            404,
+            "event-not-found",
+            "Event not found",
+            f"No event with run_number {run_number} and event_number {event_number}.",
+        )
+    return Response(orjson.dumps(dict(row)), media_type="application/json")
+
+
+_LOOKUP_BODY_DOC: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/LookupRequest"}},
+            NDJSON: {
+                "schema": {"type": "string"},
+                "example": '{"run_number": 1234, "event_number": 56789}\n'
+                '{"run_number": 1234, "event_number": 56790}\n',
+            },
+            "text/plain": {"schema": {"type": "string"}, "example": "1234 56789\n1234:56790\n"},
+        },
+    },
+    "responses": {
+        "200": {
+            "content": {
+                NDJSON: {
+                    "schema": {"$ref": "#/components/schemas/LookupResult"},
+                    "example": '{"run_number":1234,"event_number":56789,"found":true,'
+                    '"fuid_raw":"0b5e6a8e-8f3e-4a0c-9b1e-1f2a3b4c5d6e","dsid_raw":1,"olt_result":5}\n',
+                }
+            }
+        }
+    },
+}
+
+
+@router.post(
+    "/lookup",
+    response_model=LookupResponse,
+    summary="Files of many events, in input order",
+    description=(
+        'Send pairs as JSON (`{"pairs": [[run, event], ...]}`, or objects with '
+        "`run_number` and `event_number`), or as lines (NDJSON objects or `run event` text, "
+        "`Content-Type: application/x-ndjson` or `text/plain`). With `Accept: "
+        "application/x-ndjson` the answer is streamed, one line per pair in input order, and "
+        "the request may be of any size; a stream that fails part-way ends with a line "
+        '`{"error": {...}}`. JSON answers are limited to `max_json_pairs` pairs.'
+    ),
+    responses={413: _PROBLEM, 415: _PROBLEM, 422: _PROBLEM, 503: _PROBLEM},
+    openapi_extra=_LOOKUP_BODY_DOC,
+)
+async def lookup_pairs(request: Request, pool: PoolDep, settings: SettingsDep) -> Response:
+    content_type = request.headers.get("content-type", "application/json")
+    media = content_type.split(";", 1)[0].strip().lower()
+    accept = request.headers.get("accept", "")
+    wants_stream = any(t in accept for t in ("ndjson", "jsonl", "json-lines"))
+
+    if media == "application/json" or media.endswith("+json"):
+        body = await _read_limited(request, settings.max_body_bytes)
+        try:
+            parsed = LookupRequest.model_validate_json(body)
+        except ValidationError as exc:
+            raise validation_problem(exc.errors(), "pairs") from None
+        _check_count(len(parsed.pairs), settings)
+        runs, events = parsed.columns()
+        if wants_stream:
+            return LookupStream(pool, settings, (runs, events))
+        return await _json_answer(pool, settings, runs, events)
+
+    if media in _LINE_TYPES:
+        if wants_stream or "application/json" not in accept:
+            return LookupStream(pool, settings)
+        body = await _read_limited(request, settings.max_body_bytes)
+        try:
+            runs, events = parse_text(body)
+        except PairSyntaxError as exc:
+            raise syntax_problem(exc) from None
+        if not runs:
+            raise Problem(422, "no-pairs", "No pairs", "The request body contains no pairs.")
+        _check_count(len(runs), settings)
+        return await _json_answer(pool, settings, runs, events)
+
+    raise Problem(
+        415,
+        "unsupported-media-type",
+        "Unsupported media type",
+        f"Content-Type {media!r} is not accepted; use application/json, "
+        "application/x-ndjson or text/plain.",
+    )
+
+
+def _check_count(n: int, settings: Settings) -> None:
+    if n > settings.max_json_pairs:
+        raise Problem(
+            413,
+            "too-many-pairs",
+            "Too many pairs for a JSON answer",
+            f"{n} pairs exceed the limit of {settings.max_json_pairs} for a JSON answer; "
+            f"ask for a stream with 'Accept: {NDJSON}' (and send the pairs as NDJSON or text "
+            "lines), which takes any number of pairs.",
+        )
+
+
+async def _read_limited(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _body_too_large(limit)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _body_too_large(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _body_too_large(limit: int) -> Problem:
+    return Problem(
+        413,
+        "body-too-large",
+        "Request body too large",
+        f"The request body exceeds {limit} bytes; stream the pairs as NDJSON or text lines "
+        f"with 'Accept: {NDJSON}' instead.",
+    )
+
+
+async def _json_answer(
+    pool: PoolDep, settings: Settings, runs: list[int], events: list[int]
+) -> Response:
+    result = await lookup.lookup_all(
+        pool,
+        runs,
+        events,
+        separator=",",
+        batch_size=settings.lookup_batch_size,
+        connections=settings.stream_connections,
+        timeout=settings.pool_acquire_timeout,
+    )
+    summary = {
+        "requested": result.requested,
+        "found": result.found,
+        "missing": result.requested - result.found,
+    }
+    body = b'{"results":[' + result.body + b'],"summary":' + orjson.dumps(summary) + b"}"
+    return Response(body, media_type="application/json")

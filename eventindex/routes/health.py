@@ -1,0 +1,44 @@
+"""Liveness and readiness, for load balancers and orchestrators."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import ORJSONResponse
+
+from eventindex import migrate, queries
+from eventindex.db import UNAVAILABLE_ERRORS, PoolDep
+from eventindex.schemas import Health, Readiness
+
+router = APIRouter(tags=["health"])
+
+_READY_TIMEOUT = 3.0
+
+
+@router.get("/health", response_model=Health, summary="The process is alive")
+async def health() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get(
+    "/ready",
+    response_model=Readiness,
+    summary="The database is reachable and fully migrated",
+    responses={503: {"model": Readiness}},
+)
+async def ready(pool: PoolDep) -> Any:
+    try:
+        async with pool.acquire(timeout=_READY_TIMEOUT) as conn:
+            await conn.fetchval(queries.PING, timeout=_READY_TIMEOUT)
+            pending = [m.name for m in await migrate.pending(conn)]
+    except UNAVAILABLE_ERRORS:
+        body = {"status": "unavailable", "database": "unreachable", "pending_migrations": []}
+        return ORJSONResponse(body, status_code=503)
+    except migrate.MigrationError as exc:
+        body = {"status": "unavailable", "database": str(exc), "pending_migrations": []}
+        return ORJSONResponse(body, status_code=503)
+    if pending:
+        body = {"status": "unavailable", "database": "ok", "pending_migrations": pending}
+        return ORJSONResponse(body, status_code=503)
+    return {"status": "ok", "database": "ok", "pending_migrations": []}

@@ -1,0 +1,106 @@
+"""Request and response models: they validate input and document the API."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
+
+from eventindex.config import MAX_EVENT_NUMBER, MAX_RUN_NUMBER
+
+RunNumber = Annotated[int, Field(ge=0, le=MAX_RUN_NUMBER, strict=True, examples=[1234])]
+EventNumber = Annotated[int, Field(ge=0, le=MAX_EVENT_NUMBER, strict=True, examples=[56789])]
+
+
+class EventRef(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    run_number: RunNumber
+    event_number: EventNumber
+
+
+def _pair_kind(value: Any) -> str:
+    return "object" if isinstance(value, dict | EventRef) else "pair"
+
+
+PairItem = Annotated[
+    Annotated[tuple[RunNumber, EventNumber], Tag("pair")] | Annotated[EventRef, Tag("object")],
+    Discriminator(_pair_kind),
+]
+
+
+class LookupRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"pairs": [[1234, 56789], [1234, 56790]]},
+                {"pairs": [{"run_number": 1234, "event_number": 56789}]},
+            ]
+        },
+    )
+
+    pairs: Annotated[list[PairItem], Field(min_length=1)]
+
+    def columns(self) -> tuple[list[int], list[int]]:
+        runs: list[int] = []
+        events: list[int] = []
+        for p in self.pairs:
+            if isinstance(p, tuple):
+                runs.append(p[0])
+                events.append(p[1])
+            else:
+                runs.append(p.run_number)
+                events.append(p.event_number)
+        return runs, events
+
+
+class Event(BaseModel):
+    run_number: int
+    event_number: int
+    fuid_raw: UUID = Field(description="UUID of the raw-data file holding the event")
+    dsid_raw: int = Field(description="Dataset id")
+    olt_result: int = Field(description="Bitmask of the Online Filter decisions that selected it")
+
+
+class LookupResult(BaseModel):
+    run_number: int
+    event_number: int
+    found: bool
+    fuid_raw: UUID | None
+    dsid_raw: int | None
+    olt_result: int | None
+
+
+class LookupSummary(BaseModel):
+    requested: int
+    found: int
+    missing: int
+
+
+class LookupResponse(BaseModel):
+    results: list[LookupResult] = Field(description="One result per requested pair, in input order")
+    summary: LookupSummary
+
+
+class ProblemDetail(BaseModel):
+    """RFC 9457 problem details."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    instance: str | None = None
+
+
+class Health(BaseModel):
+    status: str
+
+
+class Readiness(BaseModel):
+    status: str
+    database: str
+    pending_migrations: list[str]

@@ -1,0 +1,226 @@
+"""The NDJSON lookup stream: an ASGI response that reads the request body while it answers.
+
+One line out per pair in, in input order, produced batch by batch. The
+request body is consumed incrementally into a ``Spool`` by a task of its own,
+so memory stays bounded whatever the size of the request and whether or not
+the client reads while it sends. Errors found before the first answer are
+ordinary problem+json responses; after it, the stream ends with one line
+``{"error": {...problem...}}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+import asyncpg
+import orjson
+from starlette.responses import Response
+from starlette.types import Message, Receive, Scope, Send
+
+from eventindex.config import Settings
+from eventindex.db import UNAVAILABLE_ERRORS
+from eventindex.lookup import Batch, iterate_batches, lookup_batches, lookup_connections
+from eventindex.pairs import PairParser, PairSyntaxError
+from eventindex.problems import Problem, database_unavailable
+from eventindex.spool import BodyTooLarge, Spool
+
+NDJSON = "application/x-ndjson"
+MAX_LINE_BYTES = 64 * 1024
+
+log = logging.getLogger("eventindex")
+
+
+class ClientGone(Exception):
+    pass
+
+
+def syntax_problem(exc: PairSyntaxError) -> Problem:
+    return Problem(
+        422,
+        "invalid-pairs",
+        "Invalid pairs",
+        str(exc),
+        errors=[{"line": e.line, "message": e.reason} for e in exc.errors],
+    )
+
+
+def _too_large_problem(limit: int) -> Problem:
+    return Problem(
+        413,
+        "body-too-large",
+        "Request body too large",
+        f"The request body exceeds the limit of {limit} bytes; split the input.",
+    )
+
+
+def _problem_for(exc: BaseException) -> Problem | None:
+    if isinstance(exc, PairSyntaxError):
+        return syntax_problem(exc)
+    if isinstance(exc, BodyTooLarge):
+        return _too_large_problem(exc.limit)
+    if isinstance(exc, Problem):
+        return exc
+    if isinstance(exc, UNAVAILABLE_ERRORS):
+        return database_unavailable(exc)
+    return None
+
+
+async def spooled_batches(spool: Spool, batch_size: int) -> AsyncIterator[Batch]:
+    """Pairs parsed from the spooled body, in batches of at most ``batch_size``.
+
+    A batch goes out early when no more input is waiting, so a client that
+    sends slowly gets answers as it goes rather than in one burst at the end.
+    """
+    parser = PairParser()
+    total = 0
+    runs: list[int] = []
+    events: list[int] = []
+    tail = b""
+    while True:
+        if runs and not spool.has_data():
+            total += len(runs)
+            yield runs, events
+            runs, events = [], []
+        data = await spool.read()
+        if not data:
+            break
+        data = tail + data if tail else data
+        cut = data.rfind(b"\n")
+        if cut < 0:
+            tail = data
+        else:
+            tail = data[cut + 1 :]
+            r, e = parser.feed(data[: cut + 1])
+            runs += r
+            events += e
+        if len(tail) > MAX_LINE_BYTES:
+            raise PairSyntaxError.single(
+                parser.line_no + 1, f"line longer than {MAX_LINE_BYTES} bytes"
+            )
+        while len(runs) >= batch_size:
+            total += batch_size
+            yield runs[:batch_size], events[:batch_size]
+            runs, events = runs[batch_size:], events[batch_size:]
+    if tail:
+        r, e = parser.feed(tail)
+        runs += r
+        events += e
+    if runs:
+        yield runs, events
+    elif total == 0:
+        raise Problem(422, "no-pairs", "No pairs", "The request body contains no pairs.")
+
+
+class LookupStream(Response):
+    """``POST /v1/lookup`` answered as NDJSON."""
+
+    media_type = NDJSON
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        settings: Settings,
+        pairs: tuple[list[int], list[int]] | None = None,
+    ) -> None:
+        super().__init__(media_type=NDJSON)
+        self.pool = pool
+        self.settings = settings
+        self.pairs = pairs  # already parsed from a JSON body; else the body is read here
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        spool = Spool(self.settings.spool_memory_bytes, self.settings.max_stream_bytes)
+        if self.pairs is not None:
+            spool.close()
+        gone = asyncio.Event()
+        reader = asyncio.create_task(self._read_body(receive, spool, gone, self.pairs is None))
+        writer = asyncio.create_task(self._respond(scope, send, spool))
+        waiter = asyncio.create_task(gone.wait())
+        try:
+            await asyncio.wait({writer, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            if not writer.done():
+                # The client went away: stop the queries and give the connections back now.
+                writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await writer
+        finally:
+            reader.cancel()
+            waiter.cancel()
+            await asyncio.gather(reader, waiter, return_exceptions=True)
+            spool.discard()
+
+    @staticmethod
+    async def _read_body(receive: Receive, spool: Spool, gone: asyncio.Event, body: bool) -> None:
+        while True:
+            message: Message = await receive()
+            if message["type"] == "http.disconnect":
+                spool.fail(ClientGone())
+                gone.set()
+                return
+            if message["type"] == "http.request" and body:
+                spool.write(message.get("body", b""))
+                if not message.get("more_body", False):
+                    spool.close()
+                    body = False
+
+    def _batches(self, spool: Spool) -> AsyncIterator[Batch]:
+        size = self.settings.lookup_batch_size
+        if self.pairs is not None:
+            return iterate_batches(*self.pairs, size)
+        return spooled_batches(spool, size)
+
+    async def _respond(self, scope: Scope, send: Send, spool: Spool) -> None:
+        started = False
+        path = scope.get("path")
+        try:
+            batches = self._batches(spool)
+            async with lookup_connections(
+                self.pool, self.settings.stream_connections, self.settings.pool_acquire_timeout
+            ) as conns:
+                async for result in lookup_batches(conns, batches, "\n"):
+                    if not started:
+                        await send(
+                            {
+                                "type": "http.response.start",
+                                "status": 200,
+                                "headers": [(b"content-type", NDJSON.encode())],
+                            }
+                        )
+                        started = True
+                    await send(
+                        {
+                            "type": "http.response.body",
+                            "body": result.body + b"\n",
+                            "more_body": True,
+                        }
+                    )
+        except ClientGone:
+            return
+        except Exception as exc:
+            problem = _problem_for(exc)
+            if problem is None:
+                log.exception("lookup stream failed")
+                problem = Problem(500, "internal", "Internal error", "The lookup stream failed.")
+            elif problem.status >= 500:
+                log.warning("lookup stream: %s", problem.detail)
+            if not started:
+                response = problem.response(path)
+                await response(scope, _no_receive, send)
+                return
+            line = orjson.dumps({"error": problem.body(path)}) + b"\n"
+            await send({"type": "http.response.body", "body": line, "more_body": True})
+        if not started:
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [(b"content-type", NDJSON.encode())],
+                }
+            )
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def _no_receive() -> Message:
+    return {"type": "http.disconnect"}
