@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Annotated, TypeAlias
 
 import asyncpg
@@ -13,6 +14,8 @@ from eventindex.config import Settings
 
 # What "the database is not there" looks like from asyncpg: refused or dropped
 # connections, a server starting up or shutting down, a full pool.
+log = logging.getLogger("eventindex")
+
 # A connection of its own, or one lent by the pool.
 Connection: TypeAlias = asyncpg.Connection | PoolConnectionProxy
 
@@ -36,19 +39,32 @@ def server_settings(settings: Settings) -> dict[str, str]:
 
 
 async def create_pool(settings: Settings, dsn: str) -> asyncpg.Pool:
-    """A pool that does not connect up front, so the service starts (and reports
-    not-ready) while the database is away, and reconnects when it returns."""
-    pool = await asyncpg.create_pool(
-        dsn,
-        init_size=0,
-        min_size=settings.pool_min_size,
-        max_size=settings.pool_max_size,
-        server_settings=server_settings(settings),
-        # Idle connections are closed so a restarted server is noticed early.
-        max_inactive_connection_lifetime=60.0,
-    )
-    assert pool is not None
-    return pool
+    """The lookup pool, warmed up to ``pool_min_size`` connections.
+
+    When the database is away at start the service still starts, with a pool
+    that connects on demand: it reports not-ready (and 503 to requests) until
+    the database returns, then recovers by itself.
+    """
+
+    async def make(size: int) -> asyncpg.Pool:
+        pool = await asyncpg.create_pool(
+            dsn,
+            init_size=size,
+            min_size=size,
+            max_size=settings.pool_max_size,
+            timeout=min(settings.pool_acquire_timeout, 10.0),
+            server_settings=server_settings(settings),
+            # Idle connections are closed so a restarted server is noticed early.
+            max_inactive_connection_lifetime=60.0,
+        )
+        assert pool is not None
+        return pool
+
+    try:
+        return await make(settings.pool_min_size)
+    except UNAVAILABLE_ERRORS as exc:
+        log.warning("database unreachable at start (%r); will connect on demand", exc)
+        return await make(0)
 
 
 def get_pool(request: Request) -> asyncpg.Pool:

@@ -67,22 +67,32 @@ async def lookup_batches(
     """Results of each batch, in order, with up to ``len(conns)`` queries in flight.
 
     The next batch is read (parsed) while the database works on the previous
-    ones, so the service's CPU and the database's overlap.
+    ones, so the service's CPU and the database's overlap. If reading the
+    batches fails, the batches already read are answered before the error is
+    raised.
     """
     free = deque(conns)
     in_flight: deque[tuple[asyncio.Task[BatchResult], Connection]] = deque()
+    failure: Exception | None = None
     try:
-        async for runs, events in batches:
-            if not free:
-                task, conn = in_flight.popleft()
-                yield await task
-                free.append(conn)
-            conn = free.popleft()
-            task = asyncio.create_task(lookup_batch(conn, runs, events, separator))
-            in_flight.append((task, conn))
+        try:
+            async for runs, events in batches:
+                if not free:
+                    task, conn = in_flight.popleft()
+                    yield await task
+                    free.append(conn)
+                conn = free.popleft()
+                task = asyncio.create_task(lookup_batch(conn, runs, events, separator))
+                in_flight.append((task, conn))
+        except Exception as exc:
+            failure = exc
         while in_flight:
-            task, _ = in_flight.popleft()
-            yield await task
+            task, _ = in_flight[0]
+            result = await task
+            in_flight.popleft()
+            yield result
+        if failure is not None:
+            raise failure
     finally:
         for task, _ in in_flight:
             task.cancel()

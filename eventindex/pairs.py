@@ -119,7 +119,9 @@ class PairParser:
     """Feeds chunks of whole lines in order; keeps line numbers and the header rule.
 
     With ``collect_errors`` every bad line is recorded (up to a cap) and the
-    good ones still returned; without it the first bad line raises.
+    good ones still returned. Without it parsing stops at the first bad line:
+    ``feed`` returns the pairs before it and sets ``failure``, and any further
+    ``feed`` returns nothing.
     """
 
     collect_errors: bool = False
@@ -127,9 +129,10 @@ class PairParser:
     seen_content: bool = False
     errors: list[LineError] = field(default_factory=list)
     error_count: int = 0
+    failure: PairSyntaxError | None = None
 
     def feed(self, chunk: bytes) -> tuple[list[int], list[int]]:
-        if not chunk:
+        if not chunk or self.failure is not None:
             return [], []
         n_lines = chunk.count(b"\n") + (0 if chunk.endswith(b"\n") else 1)
         fast = _FAST_NDJSON if chunk.lstrip()[:1] == b"{" else _FAST_TEXT
@@ -155,6 +158,8 @@ class PairParser:
                 pairs = self._parse_line(raw)
             except ValueError as exc:
                 self._error(LineError(self.line_no, str(exc)))
+                if self.failure is not None:
+                    break
                 continue
             for run, event in pairs:
                 runs.append(run)
@@ -183,7 +188,8 @@ class PairParser:
     def _error(self, error: LineError) -> None:
         self.error_count += 1
         if not self.collect_errors:
-            raise PairSyntaxError([error])
+            self.failure = PairSyntaxError([error])
+            return
         if len(self.errors) < MAX_REPORTED_ERRORS:
             self.errors.append(error)
 

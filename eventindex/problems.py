@@ -6,6 +6,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import asyncpg
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -72,6 +73,33 @@ def database_unavailable(exc: BaseException | None = None) -> Problem:
     )
 
 
+def schema_missing(exc: BaseException) -> Problem:
+    return Problem(
+        503,
+        "schema-missing",
+        "Catalogue not initialised",
+        f"The database is not migrated ({exc}); run 'eventindex migrate'.",
+        headers={"Retry-After": "30"},
+    )
+
+
+def database_problem(exc: BaseException) -> Problem | None:
+    """The problem to show for a database failure that is not the client's fault."""
+    if isinstance(exc, asyncpg.UndefinedTableError | asyncpg.UndefinedFunctionError):
+        return schema_missing(exc)
+    if isinstance(exc, UNAVAILABLE_ERRORS):
+        return database_unavailable(exc)
+    if isinstance(exc, asyncpg.QueryCanceledError):
+        return Problem(
+            503,
+            "query-timeout",
+            "Query timed out",
+            "The database did not answer within the statement timeout; split the request.",
+            headers={"Retry-After": "5"},
+        )
+    return None
+
+
 def _loc_text(loc: tuple[int | str, ...]) -> str:
     out = ""
     for part in loc:
@@ -116,9 +144,12 @@ def install_handlers(app: FastAPI) -> None:
         )
         return problem.response(request.url.path)
 
-    async def on_unavailable(request: Request, exc: Exception) -> Response:
-        log.warning("database unavailable on %s: %r", request.url.path, exc)
-        return database_unavailable(exc).response(request.url.path)
+    async def on_database(request: Request, exc: Exception) -> Response:
+        problem = database_problem(exc)
+        if problem is None:
+            return await on_unexpected(request, exc)
+        log.warning("database problem on %s: %r", request.url.path, exc)
+        return problem.response(request.url.path)
 
     async def on_unexpected(request: Request, exc: Exception) -> Response:
         log.exception("unexpected error on %s", request.url.path)
@@ -128,6 +159,7 @@ def install_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Problem, on_problem)
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(HTTPException, on_http)
-    for exc_type in UNAVAILABLE_ERRORS:
-        app.add_exception_handler(exc_type, on_unavailable)
+    database_errors: tuple[type[Exception], ...] = (*UNAVAILABLE_ERRORS, asyncpg.PostgresError)
+    for exc_type in database_errors:
+        app.add_exception_handler(exc_type, on_database)
     app.add_exception_handler(Exception, on_unexpected)

@@ -21,10 +21,9 @@ from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 from eventindex.config import Settings
-from eventindex.db import UNAVAILABLE_ERRORS
 from eventindex.lookup import Batch, iterate_batches, lookup_batches, lookup_connections
 from eventindex.pairs import PairParser, PairSyntaxError
-from eventindex.problems import Problem, database_unavailable
+from eventindex.problems import Problem, database_problem
 from eventindex.spool import BodyTooLarge, Spool
 
 NDJSON = "application/x-ndjson"
@@ -63,16 +62,18 @@ def _problem_for(exc: BaseException) -> Problem | None:
         return _too_large_problem(exc.limit)
     if isinstance(exc, Problem):
         return exc
-    if isinstance(exc, UNAVAILABLE_ERRORS):
-        return database_unavailable(exc)
-    return None
+    return database_problem(exc)
 
 
 async def spooled_batches(spool: Spool, batch_size: int) -> AsyncIterator[Batch]:
     """Pairs parsed from the spooled body, in batches of at most ``batch_size``.
 
-    A batch goes out early when no more input is waiting, so a client that
-    sends slowly gets answers as it goes rather than in one burst at the end.
+    After the first batch, a batch goes out early when no more input is
+    waiting, so a client that sends slowly gets answers as it goes. The first
+    batch always waits to be full (or for the end), so that a bad line within
+    the first ``batch_size`` pairs fails the request before anything is
+    answered, whatever the timing; a bad line later ends the stream after the
+    pairs before it.
     """
     parser = PairParser()
     total = 0
@@ -80,7 +81,7 @@ async def spooled_batches(spool: Spool, batch_size: int) -> AsyncIterator[Batch]
     events: list[int] = []
     tail = b""
     while True:
-        if runs and not spool.has_data():
+        if runs and total and not spool.has_data():
             total += len(runs)
             yield runs, events
             runs, events = [], []
@@ -96,18 +97,26 @@ async def spooled_batches(spool: Spool, batch_size: int) -> AsyncIterator[Batch]
             r, e = parser.feed(data[: cut + 1])
             runs += r
             events += e
+            if parser.failure is not None:
+                break
         if len(tail) > MAX_LINE_BYTES:
-            raise PairSyntaxError.single(
+            parser.failure = PairSyntaxError.single(
                 parser.line_no + 1, f"line longer than {MAX_LINE_BYTES} bytes"
             )
+            break
         while len(runs) >= batch_size:
             total += batch_size
             yield runs[:batch_size], events[:batch_size]
             runs, events = runs[batch_size:], events[batch_size:]
-    if tail:
+    if tail and parser.failure is None:
         r, e = parser.feed(tail)
         runs += r
         events += e
+    if parser.failure is not None:
+        if total + len(runs) >= batch_size:
+            for start in range(0, len(runs), batch_size):
+                yield runs[start : start + batch_size], events[start : start + batch_size]
+        raise parser.failure
     if runs:
         yield runs, events
     elif total == 0:

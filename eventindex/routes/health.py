@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 from fastapi import APIRouter
-from fastapi.responses import ORJSONResponse
+from fastapi.responses import Response
 
 from eventindex import migrate, queries
 from eventindex.db import UNAVAILABLE_ERRORS, PoolDep
@@ -34,11 +35,15 @@ async def ready(pool: PoolDep) -> Any:
             pending = [m.name for m in await migrate.pending(conn)]
     except UNAVAILABLE_ERRORS:
         body = {"status": "unavailable", "database": "unreachable", "pending_migrations": []}
-        return ORJSONResponse(body, status_code=503)
+        return _unready(body)
     except migrate.MigrationError as exc:
         body = {"status": "unavailable", "database": str(exc), "pending_migrations": []}
-        return ORJSONResponse(body, status_code=503)
+        return _unready(body)
     if pending:
         body = {"status": "unavailable", "database": "ok", "pending_migrations": pending}
-        return ORJSONResponse(body, status_code=503)
+        return _unready(body)
     return {"status": "ok", "database": "ok", "pending_migrations": []}
+
+
+def _unready(body: dict[str, Any]) -> Response:
+    return Response(orjson.dumps(body), status_code=503, media_type="application/json")

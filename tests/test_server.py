@@ -1,0 +1,178 @@
+"""A real uvicorn over TCP: streaming in bounded memory, and clients that go away."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import httpx
+import orjson
+import pytest
+
+from tests.conftest import EVENTS_PER_RUN, RUNS, fuid_of
+
+NDJSON = "application/x-ndjson"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def rss_kib(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise AssertionError(f"{field} not in /proc/{pid}/status")
+
+
+def reset_peak_rss(pid: int) -> None:
+    Path(f"/proc/{pid}/clear_refs").write_text("5")
+
+
+class Server:
+    def __init__(self, proc: subprocess.Popen[bytes], url: str) -> None:
+        self.proc = proc
+        self.url = url
+
+
+@pytest.fixture(scope="module")
+def server(database_url: str) -> Iterator[Server]:
+    port = free_port()
+    env = {
+        **os.environ,
+        "EVENTINDEX_DATABASE_URL": database_url,
+        "EVENTINDEX_PORT": str(port),
+        "EVENTINDEX_LOG_LEVEL": "warning",
+    }
+    proc = subprocess.Popen([sys.executable, "-m", "eventindex", "serve"], env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(100):
+            try:
+                if httpx.get(url + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None, "server exited"
+            time.sleep(0.1)
+        else:
+            raise AssertionError("server did not start")
+        yield Server(proc, url)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@pytest.fixture
+async def http(server: Server) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
+        yield client
+
+
+async def test_over_tcp(http: httpx.AsyncClient) -> None:
+    assert (await http.get("/ready")).status_code == 200
+    response = await http.get("/v1/events/100/10")
+    assert response.json()["fuid_raw"] == fuid_of(100, 10)
+
+
+async def test_large_stream_in_bounded_memory(server: Server, http: httpx.AsyncClient) -> None:
+    n = 300_000
+    rng = random.Random(11)
+    pairs = [(rng.choice(RUNS), rng.randrange(EVENTS_PER_RUN + 50)) for _ in range(n)]
+    body = b"".join(b"%d %d\n" % p for p in pairs)
+
+    # The request (~3 MB) and answer (~45 MB) held whole would grow the server by
+    # well over 100 MB (Python objects per pair); streaming stays far below.
+    reset_peak_rss(server.proc.pid)
+    before = rss_kib(server.proc.pid, "VmRSS")
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for start in range(0, len(body), 256 * 1024):
+            yield body[start : start + 256 * 1024]
+
+    count = 0
+    checked = 0
+    async with http.stream(
+        "POST",
+        "/v1/lookup",
+        content=chunks(),
+        headers={"content-type": "text/plain", "accept": NDJSON},
+    ) as response:
+        assert response.status_code == 200
+        async for line in response.aiter_lines():
+            if not line:
+                continue
+            if count % 997 == 0:
+                item = orjson.loads(line)
+                run, event = pairs[count]
+                assert (item["run_number"], item["event_number"]) == (run, event)
+                assert item["found"] == (event < EVENTS_PER_RUN)
+                checked += 1
+            count += 1
+    assert count == n
+    assert checked > 300
+    growth_mib = (rss_kib(server.proc.pid, "VmHWM") - before) / 1024
+    assert growth_mib < 60, f"server grew by {growth_mib:.0f} MiB while streaming"
+
+
+async def busy_lookup_backends(database_url: str) -> int:
+    conn = await asyncpg.connect(database_url)
+    try:
+        count: int = await conn.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'eventindex' "
+            "AND state <> 'idle'"
+        )
+        return count
+    finally:
+        await conn.close()
+
+
+async def test_client_going_away_frees_connections(server: Server, database_url: str) -> None:
+    # httpx sends the whole body before it reads, so a never-ending upload that
+    # reads as it goes needs a plain socket speaking chunked HTTP/1.1.
+    host, port = server.url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(
+        b"POST /v1/lookup HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\n"
+        b"Accept: application/x-ndjson\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+
+    async def send_forever() -> None:
+        i = 0
+        while True:
+            chunk = b"".join(b"101 %d\n" % (j % 1000) for j in range(i, i + 5000))
+            writer.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            await writer.drain()
+            # drain() does not yield while the socket takes everything at once.
+            await asyncio.sleep(0)
+            i += 5000
+
+    sender = asyncio.create_task(send_forever())
+    try:
+        received = 0
+        while received < 3_000_000:
+            data = await asyncio.wait_for(reader.read(65536), 30)
+            assert data, "server closed the stream"
+            received += len(data)
+        assert await busy_lookup_backends(database_url) > 0
+    finally:
+        sender.cancel()
+        await asyncio.gather(sender, return_exceptions=True)
+        writer.transport.abort()
+    # Bounded wait: the server notices the disconnect and gives its connections back.
+    for _ in range(100):
+        if await busy_lookup_backends(database_url) == 0:
+            break
+        await asyncio.sleep(0.1)
+    assert await busy_lookup_backends(database_url) == 0
