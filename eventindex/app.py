@@ -6,20 +6,23 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import TypedDict
+from typing import Any, TypedDict
 
 import asyncpg
 from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
 
 from eventindex import __version__
 from eventindex.config import Settings
 from eventindex.db import create_pool
 from eventindex.problems import install_handlers
 from eventindex.routes import events, health
+from eventindex.schemas import LookupRequest
 
 log = logging.getLogger("eventindex")
 
 _POOL_CLOSE_TIMEOUT = 10.0
+_REF = "#/components/schemas/{model}"
 
 
 class State(TypedDict):
@@ -53,7 +56,30 @@ def create_app(settings: Settings) -> FastAPI:
     install_handlers(app)
     app.include_router(health.router)
     app.include_router(events.router)
+    _document_raw_bodies(app)
     return app
+
+
+def _document_raw_bodies(app: FastAPI) -> None:
+    """Add the models of bodies that handlers read themselves to the OpenAPI components."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title,
+                version=app.version,
+                summary=app.summary,
+                routes=app.routes,
+            )
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            for model in (LookupRequest,):
+                model_schema = model.model_json_schema(ref_template=_REF)
+                components.update(model_schema.pop("$defs", {}))
+                components[model.__name__] = model_schema
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def app_from_environment() -> FastAPI:

@@ -16,6 +16,9 @@ from eventindex.db import Connection
 
 Batch = tuple[list[int], list[int]]
 
+# Below this, splitting a request over connections costs more than it saves.
+MIN_SPLIT = 2_000
+
 
 @dataclass(frozen=True)
 class BatchResult:
@@ -114,7 +117,14 @@ async def lookup_all(
     connections: int,
     timeout: float,
 ) -> BatchResult:
-    """Every pair of an in-memory list, answered as one joined body."""
+    """Every pair of an in-memory list, answered as one joined body.
+
+    A list smaller than a batch is still split over the connections (down to
+    ``MIN_SPLIT`` pairs a query), so a medium-sized request uses both the
+    database's cores.
+    """
+    per_connection = max(MIN_SPLIT, -(-len(runs) // connections))
+    batch_size = min(batch_size, per_connection)
     n_batches = -(-len(runs) // batch_size)
     parts: list[bytes] = []
     found = 0

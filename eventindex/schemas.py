@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError
 
 from eventindex.config import MAX_EVENT_NUMBER, MAX_RUN_NUMBER
 
@@ -54,6 +54,24 @@ class LookupRequest(BaseModel):
                 runs.append(p.run_number)
                 events.append(p.event_number)
         return runs, events
+
+
+class PlainLookupRequest(BaseModel):
+    """The common shape, ``[[run, event], ...]``, validated without per-item dispatch."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    pairs: Annotated[list[tuple[RunNumber, EventNumber]], Field(min_length=1)]
+
+
+def parse_lookup_request(body: bytes) -> tuple[list[int], list[int]]:
+    """Runs and events of a JSON lookup request; ``ValidationError`` naming the bad pair."""
+    try:
+        plain = PlainLookupRequest.model_validate_json(body)
+    except ValidationError:
+        # Other item shapes, or an error: the full model accepts the one or words the other.
+        return LookupRequest.model_validate_json(body).columns()
+    return [p[0] for p in plain.pairs], [p[1] for p in plain.pairs]
 
 
 class Event(BaseModel):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 from typing import Any
 
 import httpx
@@ -264,3 +265,7 @@ async def test_openapi_documents_endpoints(client: httpx.AsyncClient) -> None:
     lookup_body = spec["paths"]["/v1/lookup"]["post"]["requestBody"]["content"]
     assert {"application/json", NDJSON, "text/plain"} <= set(lookup_body)
     assert (await client.get("/docs")).status_code == 200
+    # Every reference in the document resolves.
+    refs = set(re.findall(r'"\$ref":"#/components/schemas/([^"]+)"', orjson.dumps(spec).decode()))
+    assert "LookupRequest" in refs
+    assert refs <= set(spec["components"]["schemas"])

@@ -14,7 +14,7 @@ from eventindex.config import MAX_EVENT_NUMBER, MAX_RUN_NUMBER, Settings
 from eventindex.db import PoolDep, SettingsDep
 from eventindex.pairs import PairSyntaxError, parse_text
 from eventindex.problems import Problem, validation_problem
-from eventindex.schemas import Event, LookupRequest, LookupResponse, ProblemDetail
+from eventindex.schemas import Event, LookupResponse, ProblemDetail, parse_lookup_request
 from eventindex.streaming import NDJSON, LookupStream, syntax_problem
 
 router = APIRouter(prefix="/v1", tags=["event picking"])
@@ -104,11 +104,10 @@ async def lookup_pairs(request: Request, pool: PoolDep, settings: SettingsDep) -
     if media == "application/json" or media.endswith("+json"):
         body = await _read_limited(request, settings.max_body_bytes)
         try:
-            parsed = LookupRequest.model_validate_json(body)
+            runs, events = parse_lookup_request(body)
         except ValidationError as exc:
             raise validation_problem(exc.errors(), "pairs") from None
-        _check_count(len(parsed.pairs), settings)
-        runs, events = parsed.columns()
+        _check_count(len(runs), settings)
         if wants_stream:
             return LookupStream(pool, settings, (runs, events))
         return await _json_answer(pool, settings, runs, events)

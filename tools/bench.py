@@ -1,0 +1,380 @@
+"""EventIndex benchmarks: the service measured against the bare driver, in one run.
+
+    python -m tools.bench lookup [--events 1000000] [--pairs 200000 1000000] [--rounds 3]
+
+Loads N synthetic events into a benchmark database (reused across runs), then
+measures, interleaved over several rounds and reported as medians:
+
+- the floor: the database on one asyncpg connection, the better of one
+  unnest-join query for the whole set and sorted batches of 25k (nested loop);
+- the service's NDJSON stream, end to end over HTTP to a real uvicorn;
+- the service's JSON lookup of 10,000 pairs, against the floor for 10,000 pairs;
+- single-pair GETs from concurrent clients, against the seed's design (one
+  query per pair on one connection);
+- the server's peak RSS growth while it streams the largest pair set.
+
+The database is EVENTINDEX_DATABASE_URL (or --database-url), else an embedded
+PostgreSQL under ./bench-data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import httpx
+import numpy as np
+import orjson
+
+BENCH_DATABASE = "eventindex_bench"
+EVENTS_PER_RUN = 100_000
+EVENTS_PER_FILE = 5_000
+FLOOR_BATCH = 25_000
+JSON_PAIRS = 10_000
+
+FLOOR_QUERY = """
+SELECT p.o, x.fuid_raw::text, x.dsid_raw, x.olt_result
+FROM unnest($1::integer[], $2::bigint[]) WITH ORDINALITY AS p (r, e, o)
+LEFT JOIN events AS x ON x.run_number = p.r AND x.event_number = p.e
+"""
+SEED_QUERY = (
+    "SELECT fuid_raw::text, dsid_raw, olt_result FROM events "
+    "WHERE run_number = $1 AND event_number = $2"
+)
+
+Pairs = tuple[list[int], list[int]]
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def with_database(url: str, name: str) -> str:
+    return urlunsplit(urlsplit(url)._replace(path="/" + name))
+
+
+def server_url(args: argparse.Namespace) -> tuple[str, Any]:
+    url = args.database_url or os.environ.get("EVENTINDEX_DATABASE_URL")
+    if url:
+        return url, None
+    from eventindex import embedded
+
+    server, uri = embedded.start(Path("bench-data").absolute(), "postgres")
+    return uri, server
+
+
+async def prepare_database(url: str, n_events: int) -> str:
+    """A migrated database holding exactly ``n_events`` synthetic events."""
+    from eventindex import migrate
+
+    admin = await asyncpg.connect(url)
+    try:
+        exists = await admin.fetchval(
+            "SELECT 1 FROM pg_database WHERE datname = $1", BENCH_DATABASE
+        )
+        if not exists:
+            await admin.execute(f'CREATE DATABASE "{BENCH_DATABASE}"')
+    finally:
+        await admin.close()
+    db_url = with_database(url, BENCH_DATABASE)
+    conn = await asyncpg.connect(db_url)
+    try:
+        await migrate.apply(conn)
+        have = await conn.fetchval("SELECT count(*) FROM events")
+        if have != n_events:
+            log(f"loading {n_events:,} synthetic events ...")
+            started = time.perf_counter()
+            await conn.execute("TRUNCATE events, datasets")
+            await conn.execute(
+                "INSERT INTO datasets (id, name) SELECT i, 'spd.bench.raw.' || i "
+                "FROM generate_series(1, 3) i"
+            )
+            await conn.execute(
+                f"""
+                INSERT INTO events
+                SELECT 1000 + g / {EVENTS_PER_RUN}, g % {EVENTS_PER_RUN}, (g * 2654435761) % 64,
+                       1 + (g / {EVENTS_PER_FILE}) % 3,
+                       md5('file' || (g / {EVENTS_PER_FILE})::text)::uuid
+                FROM generate_series(0, $1 - 1) g
+                """,
+                n_events,
+            )
+            await conn.execute("VACUUM ANALYZE events")
+            log(f"loaded in {time.perf_counter() - started:.1f} s")
+    finally:
+        await conn.close()
+    return db_url
+
+
+def make_pairs(n_events: int, n_pairs: int, seed: int) -> Pairs:
+    """Random pairs over the catalogue, 5% of them unknown."""
+    rng = np.random.default_rng(seed)
+    g = rng.integers(0, n_events, n_pairs)
+    runs = 1000 + g // EVENTS_PER_RUN
+    events = g % EVENTS_PER_RUN
+    missing = rng.random(n_pairs) < 0.05
+    events = np.where(missing, events + EVENTS_PER_RUN, events)
+    return runs.tolist(), events.tolist()
+
+
+async def floor_one_query(conn: asyncpg.Connection, runs: list[int], events: list[int]) -> None:
+    await conn.fetch(FLOOR_QUERY, runs, events)
+
+
+async def floor_sorted_batches(
+    conn: asyncpg.Connection, runs: list[int], events: list[int]
+) -> None:
+    async with conn.transaction():
+        await conn.execute("SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off")
+        for start in range(0, len(runs), FLOOR_BATCH):
+            r = np.asarray(runs[start : start + FLOOR_BATCH])
+            e = np.asarray(events[start : start + FLOOR_BATCH])
+            order = np.lexsort((e, r))
+            await conn.fetch(FLOOR_QUERY, r[order].tolist(), e[order].tolist())
+
+
+async def seed_design(conn: asyncpg.Connection, pairs: list[tuple[int, int]]) -> None:
+    for run, event in pairs:
+        await conn.fetchrow(SEED_QUERY, run, event)
+
+
+async def service_stream(client: httpx.AsyncClient, body: bytes, expect: int) -> None:
+    lines = 0
+    async with client.stream(
+        "POST",
+        "/v1/lookup",
+        content=body,
+        headers={"content-type": "text/plain", "accept": "application/x-ndjson"},
+    ) as response:
+        response.raise_for_status()
+        async for chunk in response.aiter_raw():
+            lines += chunk.count(b"\n")
+    if lines != expect:
+        raise SystemExit(f"bench: the stream answered {lines} lines for {expect} pairs")
+
+
+async def service_json(client: httpx.AsyncClient, body: bytes, expect: int) -> None:
+    response = await client.post(
+        "/v1/lookup", content=body, headers={"content-type": "application/json"}
+    )
+    response.raise_for_status()
+    if orjson.loads(response.content)["summary"]["requested"] != expect:
+        raise SystemExit("bench: the JSON lookup answered the wrong number of pairs")
+
+
+async def service_gets(base: str, pairs: list[tuple[int, int]], concurrency: int) -> None:
+    """Keep-alive GETs over plain sockets: a client light enough not to be what is measured."""
+    parts = urlsplit(base)
+    queue = iter(pairs)
+
+    async def worker() -> None:
+        reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+        try:
+            for run, event in queue:
+                writer.write(b"GET /v1/events/%d/%d HTTP/1.1\r\nHost: b\r\n\r\n" % (run, event))
+                head = await reader.readuntil(b"\r\n\r\n")
+                status = int(head[9:12])
+                if status not in (200, 404):
+                    raise SystemExit(f"bench: GET answered {status}")
+                length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+                await reader.readexactly(length)
+        finally:
+            writer.close()
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+
+
+@dataclass
+class Series:
+    """Rates (items per second) of one measurement over the rounds."""
+
+    rates: list[float] = field(default_factory=list)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.rates) if self.rates else float("nan")
+
+
+async def timed(items: int, run: Callable[..., Awaitable[Any]], *args: Any) -> float:
+    started = time.perf_counter()
+    await run(*args)
+    return items / (time.perf_counter() - started)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def start_service(db_url: str) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    env = {
+        **os.environ,
+        "EVENTINDEX_DATABASE_URL": db_url,
+        "EVENTINDEX_PORT": str(port),
+        "EVENTINDEX_LOG_LEVEL": "warning",
+    }
+    proc = subprocess.Popen([sys.executable, "-m", "eventindex", "serve"], env=env)
+    base = f"http://127.0.0.1:{port}"
+    for _ in range(200):
+        try:
+            if httpx.get(base + "/ready", timeout=1).status_code == 200:
+                return proc, base
+        except httpx.TransportError:
+            pass
+        if proc.poll() is not None:
+            raise SystemExit("bench: the service did not start")
+        time.sleep(0.1)
+    proc.terminate()
+    raise SystemExit("bench: the service did not become ready")
+
+
+def reset_peak_rss(pid: int) -> None:
+    Path(f"/proc/{pid}/clear_refs").write_text("5")
+
+
+def status_kib(pid: int, key: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+class Results:
+    def __init__(self) -> None:
+        self.series: dict[str, Series] = {}
+
+    def add(self, name: str, rate: float) -> None:
+        self.series.setdefault(name, Series()).rates.append(rate)
+
+    def median(self, name: str) -> float:
+        return self.series[name].median
+
+
+async def bench_lookup(args: argparse.Namespace) -> None:
+    url, _server = server_url(args)
+    db_url = await prepare_database(url, args.events)
+    sizes = sorted(args.pairs)
+    pair_sets = {n: make_pairs(args.events, n, seed=n) for n in sizes}
+    bodies = {n: b"".join(b"%d %d\n" % p for p in zip(*pair_sets[n], strict=True)) for n in sizes}
+    json_pairs = make_pairs(args.events, JSON_PAIRS, seed=1)
+    json_body = (
+        b'{"pairs":[' + b",".join(b"[%d,%d]" % p for p in zip(*json_pairs, strict=True)) + b"]}"
+    )
+    singles = list(zip(*make_pairs(args.events, args.gets, seed=2), strict=True))
+
+    proc, base = start_service(db_url)
+    conn = await asyncpg.connect(db_url, server_settings={"jit": "off"})
+    res = Results()
+    peak_growth_mib = 0.0
+    try:
+        async with httpx.AsyncClient(base_url=base, timeout=600) as client:
+            # Warm up: the table and index into memory, statements, the service.
+            await floor_sorted_batches(conn, *pair_sets[sizes[-1]])
+            await service_stream(client, bodies[sizes[0]], sizes[0])
+            for rnd in range(args.rounds):
+                log(f"round {rnd + 1}/{args.rounds}")
+                for n in sizes:
+                    runs, events = pair_sets[n]
+                    res.add(f"one {n}", await timed(n, floor_one_query, conn, runs, events))
+                    res.add(
+                        f"batches {n}", await timed(n, floor_sorted_batches, conn, runs, events)
+                    )
+                    before = status_kib(proc.pid, "VmRSS")
+                    reset_peak_rss(proc.pid)
+                    res.add(f"stream {n}", await timed(n, service_stream, client, bodies[n], n))
+                    growth = (status_kib(proc.pid, "VmHWM") - before) / 1024
+                    if n == sizes[-1]:
+                        peak_growth_mib = max(peak_growth_mib, growth)
+                k = JSON_PAIRS
+                res.add("one 10k", await timed(k, floor_one_query, conn, *json_pairs))
+                res.add("batches 10k", await timed(k, floor_sorted_batches, conn, *json_pairs))
+                res.add("json 10k", await timed(k, service_json, client, json_body, k))
+                n_get = len(singles)
+                res.add("gets", await timed(n_get, service_gets, base, singles, args.concurrency))
+                res.add("seed", await timed(n_get, seed_design, conn, singles))
+    finally:
+        await conn.close()
+        proc.terminate()
+        proc.wait(10)
+    report(args, sizes, res, peak_growth_mib)
+
+
+def report(args: argparse.Namespace, sizes: list[int], res: Results, growth_mib: float) -> None:
+    print()
+    print(f"EventIndex lookup benchmark: {args.events:,} events, {args.rounds} rounds, medians")
+    print(f"{'measurement':<48}{'rate':>14}  {'baseline':>14}  {'ratio':>6}")
+
+    def row(label: str, rate: float, baseline: float, unit: str) -> None:
+        ratio = rate / baseline
+        print(f"{label:<48}{rate:>10,.0f} {unit}  {baseline:>10,.0f} {unit}  {ratio:>5.2f}x")
+
+    for n in sizes:
+        one, batches = res.median(f"one {n}"), res.median(f"batches {n}")
+        label = f"floor {n:,} pairs: one query | sorted batches"
+        print(f"{label:<48}{one:>10,.0f} p/s  {batches:>10,.0f} p/s")
+        row(
+            f"NDJSON stream {n:,} pairs vs floor",
+            res.median(f"stream {n}"),
+            max(one, batches),
+            "p/s",
+        )
+    floor10k = max(res.median("one 10k"), res.median("batches 10k"))
+    row("JSON lookup 10,000 pairs vs floor", res.median("json 10k"), floor10k, "p/s")
+    row(
+        f"GET one pair, {args.concurrency} clients vs seed design",
+        res.median("gets"),
+        res.median("seed"),
+        "r/s",
+    )
+    print(f"server peak RSS growth while streaming {sizes[-1]:,} pairs: {growth_mib:.0f} MiB")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m tools.bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("lookup", help="lookup throughput: the service vs the bare driver")
+    p.add_argument("--database-url", help="PostgreSQL server URL (default: embedded)")
+    p.add_argument("--events", type=int, default=1_000_000, help="catalogue size (default 1M)")
+    p.add_argument(
+        "--pairs",
+        type=int,
+        nargs="+",
+        default=[200_000, 1_000_000],
+        help="pair-set sizes for the stream (default 200000 1000000)",
+    )
+    p.add_argument("--gets", type=int, default=5_000, help="single-pair GETs per round")
+    p.add_argument("--concurrency", type=int, default=32, help="concurrent GET clients")
+    p.add_argument("--rounds", type=int, default=3)
+    p.set_defaults(func=bench_lookup)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "lookup" and args.events < 200_000:
+        raise SystemExit("bench: --events must be at least 200000")
+    asyncio.run(args.func(args))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
