@@ -9,7 +9,6 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 
 import asyncpg
-import numpy as np
 
 from eventindex import queries
 from eventindex.db import Connection
@@ -29,22 +28,13 @@ class BatchResult:
     found: int
 
 
-def _sorted_arguments(runs: Sequence[int], events: Sequence[int]) -> tuple[list[int], ...]:
-    n = len(runs)
-    r = np.fromiter(runs, dtype=np.int64, count=n)
-    e = np.fromiter(events, dtype=np.int64, count=n)
-    order = np.lexsort((e, r))
-    return r[order].tolist(), e[order].tolist(), order.tolist()
-
-
 async def lookup_batch(
     conn: Connection, runs: Sequence[int], events: Sequence[int], separator: str
 ) -> BatchResult:
     """One query for the whole batch. Expects a connection from ``lookup_connections``."""
     if not runs:
         return BatchResult(b"", 0, 0)
-    r, e, o = _sorted_arguments(runs, events)
-    row = await conn.fetchrow(queries.LOOKUP_BATCH_JSON, r, e, o, separator)
+    row = await conn.fetchrow(queries.LOOKUP_BATCH_JSON, runs, events, separator)
     assert row is not None
     return BatchResult(bytes(row["body"]), len(runs), int(row["found"]))
 

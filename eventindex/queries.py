@@ -33,10 +33,11 @@ LOOKUP_PLAN_SETTINGS = (
 )
 
 # One round trip per batch, and the database writes the JSON text itself, so
-# the service never builds a Python object per pair. $1/$2 arrive sorted by key
-# (index locality roughly doubles the speed); $3 is each pair's position in the
-# request, which the aggregate uses to put the answers back in request order.
-# $4 separates the objects: a newline for NDJSON, a comma inside a JSON array.
+# the service never builds a Python object per pair. The pairs are probed in
+# key order (index locality makes that faster than request order, and sorting
+# in the database was cheaper than sorting in Python and sending positions);
+# each pair's position in the request puts the answers back in request order.
+# $3 separates the objects: a newline for NDJSON, a comma inside a JSON array.
 LOOKUP_BATCH_JSON = """
 SELECT convert_to(
            string_agg(
@@ -48,10 +49,14 @@ SELECT convert_to(
                    || ',"found":true,"fuid_raw":"' || x.fuid_raw
                    || '","dsid_raw":' || x.dsid_raw || ',"olt_result":' || x.olt_result || '}'
                END,
-               $4::text ORDER BY p.o),
+               $3::text ORDER BY p.o),
            'UTF8') AS body,
        count(x.fuid_raw) AS found
-FROM unnest($1::integer[], $2::bigint[], $3::integer[]) AS p (r, e, o)
+FROM (
+    SELECT r, e, o
+    FROM unnest($1::integer[], $2::bigint[]) WITH ORDINALITY AS u (r, e, o)
+    ORDER BY r, e
+) AS p
 LEFT JOIN events AS x ON x.run_number = p.r AND x.event_number = p.e
 """
 
