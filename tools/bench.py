@@ -346,6 +346,13 @@ def report(args: argparse.Namespace, sizes: list[int], res: Results, growth_mib:
         res.median("seed"),
         "r/s",
     )
+    largest = sizes[-1]
+    row(
+        f"NDJSON stream {largest:,} pairs vs seed design",
+        res.median(f"stream {largest}"),
+        res.median("seed"),
+        "p/s",
+    )
     print(f"server peak RSS growth while streaming {sizes[-1]:,} pairs: {growth_mib:.0f} MiB")
 
 
