@@ -7,7 +7,9 @@ import asyncio
 import logging
 import os
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
@@ -80,10 +82,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     settings, _server = resolve_database(settings)
     assert settings.database_url is not None
-    if args.migrate:
+    if args.migrate or args.demo:
         applied = asyncio.run(_migrate(settings.database_url))
         if applied:
             print("eventindex: applied migrations " + ", ".join(applied), file=sys.stderr)
+    if args.demo:
+        asyncio.run(_load_demo(settings.database_url, settings.data_dir))
+        base = f"http://{settings.host}:{settings.port}"
+        print(f"eventindex: try  curl {base}/v1/events/RUN/EVENT", file=sys.stderr)
     level = settings.log_level.value
     logging.basicConfig(
         level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -110,6 +116,61 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+DEMO_EVENTS = 1_000_000
+
+
+async def _load_demo(url: str, data_dir: Path) -> None:
+    """Generate and load a demo catalogue the first time; show pairs to try."""
+    import asyncpg
+
+    from eventindex import queries
+
+    conn = await asyncpg.connect(url, timeout=10)
+    try:
+        if await conn.fetchval(queries.CATALOGUE_EMPTY):
+            from tools import gen_data, store_events
+
+            print(
+                f"eventindex: loading a demo catalogue of {DEMO_EVENTS:,} events", file=sys.stderr
+            )
+            opts = gen_data.Options(events=DEMO_EVENTS, runs=50, datasets=3, seed=2026)
+            with tempfile.TemporaryDirectory(dir=data_dir) as tmp:
+                out = Path(tmp)
+                gen_data.write(gen_data.build(opts), opts, str(out), 1, False, None)
+                loader = store_events.Loader(conn)
+                async with conn.transaction():
+                    datasets = store_events.Source("demo datasets", out / "datasets.csv")
+                    await loader.load_datasets(datasets)
+                    events = store_events.Source("demo events", out / "events.csv")
+                    result = await loader.load_events(events)
+            print(f"eventindex: {result.summary()}", file=sys.stderr)
+        rows = await conn.fetch(queries.SAMPLE_EVENTS, 3)
+    finally:
+        await conn.close()
+    if rows:
+        pairs = " ".join(f"{r['run_number']}/{r['event_number']}" for r in rows)
+        print(f"eventindex: events to try (run/event): {pairs}", file=sys.stderr)
+
+
+def cmd_delegate(args: argparse.Namespace) -> int:
+    # Only reached for bare "generate"/"load"; main() hands their arguments over directly.
+    return _delegate(args.command, ["--help"])
+
+
+def _delegate(command: str, argv: list[str]) -> int:
+    if command == "generate":
+        from tools import gen_data
+
+        return gen_data.main(argv)
+    from tools import store_events
+
+    if not any(a == "--database-url" or a.startswith("--database-url=") for a in argv):
+        settings, _server = resolve_database(load_settings())
+        assert settings.database_url is not None
+        argv = [*argv, "--database-url", settings.database_url]
+    return store_events.main(argv)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="eventindex",
@@ -128,11 +189,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="embedded PostgreSQL directory (default: .eventindex)")
     p.add_argument("--migrate", action="store_true", help="apply pending migrations first")
     p.add_argument("--reload", action="store_true", help="restart on code changes (development)")
+    p.add_argument(
+        "--demo",
+        action="store_true",
+        help=f"load a demo catalogue ({DEMO_EVENTS:,} pseudo events) when the catalogue is empty",
+    )
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser(
+        "generate", help="write pseudo events as CSV (python -m tools.gen_data; see --help)"
+    )
+    p.set_defaults(func=cmd_delegate)
+    p = sub.add_parser(
+        "load", help="load datasets and events CSV (python -m tools.store_events; see --help)"
+    )
+    p.set_defaults(func=cmd_delegate)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("generate", "load") and argv[1:]:
+        try:
+            return _delegate(argv[0], argv[1:])
+        except CliError as exc:
+            print(f"eventindex: error: {exc}", file=sys.stderr)
+            return exc.code
     parser = build_parser()
     args = parser.parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func

