@@ -1,6 +1,14 @@
-"""EventIndex benchmarks: the service measured against the bare driver, in one run.
+"""EventIndex benchmarks: the project measured against its baseline, in one run.
 
     python -m tools.bench lookup [--events 1000000] [--pairs 200000 1000000] [--rounds 3]
+    python -m tools.bench load [--events 10000000] [--rounds 3]
+
+``load`` times the loader (tools/store_events, with all its integrity checks)
+against raw ``COPY ... FROM STDIN`` of the same file into a table with the same
+primary key and nothing else, interleaved over rounds, on an empty table and on
+one that already holds as many other events.
+
+``lookup``:
 
 Loads N synthetic events into a benchmark database (reused across runs), then
 measures, interleaved over several rounds and reported as medians:
@@ -23,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import os
 import socket
 import statistics
@@ -356,6 +365,104 @@ def report(args: argparse.Namespace, sizes: list[int], res: Results, growth_mib:
     print(f"server peak RSS growth while streaming {sizes[-1]:,} pairs: {growth_mib:.0f} MiB")
 
 
+async def raw_copy(conn: asyncpg.Connection, table: str, path: Path) -> None:
+    def chunks() -> Any:
+        with path.open("rb") as f:
+            while chunk := f.read(1 << 20):
+                yield chunk
+
+    async def data() -> Any:
+        for chunk in chunks():
+            yield chunk
+
+    await conn.copy_to_table(table, source=data(), format="csv", header=True)
+
+
+async def loader_copy(conn: asyncpg.Connection, path: Path) -> None:
+    from tools import store_events
+
+    loader = store_events.Loader(conn, progress_stream=io.StringIO())
+    async with conn.transaction():
+        result = await loader.load_events(store_events.Source(str(path), path))
+    if result.careful or result.inserted != result.rows:
+        raise SystemExit(f"bench: the loader took its careful path: {result.summary()}")
+
+
+def generated(n_events: int, first_run: int, first_dataset: int, seed: int) -> Path:
+    from tools import gen_data
+
+    out = Path("bench-data") / f"load-{n_events}-{first_run}-{seed}"
+    if not (out / "events.csv").is_file():
+        log(f"generating {n_events:,} events into {out} ...")
+        opts = gen_data.Options(
+            events=n_events,
+            runs=max(1, n_events // 50_000),
+            datasets=4,
+            seed=seed,
+            first_run=first_run,
+            first_dataset=first_dataset,
+        )
+        gen_data.write(gen_data.build(opts), opts, str(out), 1, False, None)
+    return out
+
+
+async def bench_load(args: argparse.Namespace) -> None:
+    from eventindex import migrate
+    from tools import store_events
+
+    url, _server = server_url(args)
+    new = generated(args.events, 1000, 1, seed=1)
+    other = generated(args.events, 10_000_000, 101, seed=2)
+    admin = await asyncpg.connect(url)
+    try:
+        await admin.execute('DROP DATABASE IF EXISTS "eventindex_bench_load" WITH (FORCE)')
+        await admin.execute('CREATE DATABASE "eventindex_bench_load"')
+    finally:
+        await admin.close()
+    conn = await asyncpg.connect(with_database(url, "eventindex_bench_load"))
+    res = Results()
+    n = args.events
+    try:
+        await migrate.apply(conn)
+        # The baseline: the same columns and primary key, nothing else.
+        await conn.execute(
+            "CREATE TABLE events_baseline (LIKE events INCLUDING CONSTRAINTS INCLUDING INDEXES)"
+        )
+        loader = store_events.Loader(conn, progress_stream=io.StringIO())
+        for d in (new, other):
+            async with conn.transaction():
+                await loader.load_datasets(store_events.Source("d", d / "datasets.csv"))
+        for rnd in range(args.rounds):
+            for scenario in ("empty", "holding"):
+                log(f"round {rnd + 1}/{args.rounds}: {scenario} table")
+                await conn.execute("TRUNCATE events, events_baseline, load_conflicts, loads")
+                if scenario == "holding":
+                    await raw_copy(conn, "events_baseline", other / "events.csv")
+                    await raw_copy(conn, "events", other / "events.csv")
+                    await conn.execute("VACUUM ANALYZE events, events_baseline")
+                steps = [
+                    ("raw", lambda: raw_copy(conn, "events_baseline", new / "events.csv")),
+                    ("loader", lambda: loader_copy(conn, new / "events.csv")),
+                ]
+                if rnd % 2:
+                    steps.reverse()
+                for name, step in steps:
+                    await conn.execute("CHECKPOINT")
+                    res.add(f"{name} {scenario}", await timed(n, step))
+    finally:
+        await conn.close()
+
+    print()
+    print(f"EventIndex load benchmark: {n:,} events per file, {args.rounds} rounds, medians")
+    print(f"{'measurement':<52}{'loader':>14}  {'raw COPY':>14}  {'ratio':>6}")
+    for scenario, label in (("empty", "empty table"), ("holding", f"table holding {n:,} others")):
+        loader_rate, raw_rate = res.median(f"loader {scenario}"), res.median(f"raw {scenario}")
+        print(
+            f"{'load into ' + label:<52}{loader_rate:>10,.0f} r/s  {raw_rate:>10,.0f} r/s  "
+            f"{loader_rate / raw_rate:>5.2f}x"
+        )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m tools.bench",
@@ -377,6 +484,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrency", type=int, default=32, help="concurrent GET clients")
     p.add_argument("--rounds", type=int, default=3)
     p.set_defaults(func=bench_lookup)
+    p = sub.add_parser("load", help="loader throughput: store_events vs raw COPY")
+    p.add_argument("--database-url", help="PostgreSQL server URL (default: embedded)")
+    p.add_argument("--events", type=int, default=10_000_000, help="events per file (default 10M)")
+    p.add_argument("--rounds", type=int, default=3)
+    p.set_defaults(func=bench_load)
     return parser
 
 

@@ -69,6 +69,7 @@ class Options:
     datasets: int
     seed: int
     first_run: int = 1000
+    first_dataset: int = 1
     duplicates: int = 0
     conflicts: int = 0
     malformed: int = 0
@@ -136,7 +137,7 @@ def build(opts: Options) -> Catalogue:
         + np.cumsum(1 + (rng.random(opts.runs) < 0.05) * rng.integers(1, 20, opts.runs))
         - 1
     )
-    run_dataset = 1 + (np.arange(opts.runs) * opts.datasets) // opts.runs
+    run_dataset = opts.first_dataset + (np.arange(opts.runs) * opts.datasets) // opts.runs
 
     # Files: contiguous blocks within each run.
     file_sizes: list[int] = []
@@ -244,7 +245,12 @@ def _faulty_lines(
         at(
             i,
             b"%d,%d,1,%d,%s\n"
-            % (cat.run[i], 10**15 + i, opts.datasets + 1000, cat.fuids[cat.file[i]].tobytes()),
+            % (
+                cat.run[i],
+                10**15 + i,
+                opts.first_dataset + opts.datasets + 999,
+                cat.fuids[cat.file[i]].tobytes(),
+            ),
         )
     return extra
 
@@ -274,7 +280,7 @@ def event_chunks(
 
 def datasets_csv(opts: Options, cat: Catalogue) -> bytes:
     rows = [DATASETS_HEADER]
-    for d in range(1, opts.datasets + 1):
+    for d in range(opts.first_dataset, opts.first_dataset + opts.datasets):
         runs = cat.run[cat.dsid == d]
         first, last = int(runs.min()), int(runs.max())
         rows.append(
@@ -333,6 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
     p.add_argument("--first-run", type=int, default=1000, help="first run number (default 1000)")
+    p.add_argument("--first-dataset", type=int, default=1, help="first dataset id (default 1)")
     p.add_argument("--parts", type=int, default=1, help="split events into N files")
     p.add_argument("--gzip", action="store_true", help="write .csv.gz")
     p.add_argument("--datasets-out", help="with --out -: where to write datasets.csv")
@@ -352,7 +359,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("events", "runs", "datasets", "parts"):
         if getattr(args, name) < 1:
             parser.exit(2, f"gen_data: error: --{name} must be at least 1\n")
-    for name in ("duplicates", "conflicts", "malformed", "unknown_dataset", "first_run", "seed"):
+    nonneg = ("duplicates", "conflicts", "malformed", "unknown_dataset", "first_run", "seed")
+    for name in (*nonneg, "first_dataset"):
         if getattr(args, name) < 0:
             parser.exit(2, f"gen_data: error: --{name.replace('_', '-')} must not be negative\n")
     opts = Options(
@@ -361,6 +369,7 @@ def main(argv: list[str] | None = None) -> int:
         datasets=args.datasets,
         seed=args.seed,
         first_run=args.first_run,
+        first_dataset=args.first_dataset,
         duplicates=args.duplicates,
         conflicts=args.conflicts,
         malformed=args.malformed,
