@@ -16,7 +16,7 @@ from eventindex import __version__
 from eventindex.config import Settings
 from eventindex.db import create_pool
 from eventindex.problems import install_handlers
-from eventindex.routes import events, health
+from eventindex.routes import catalogue, events, health, web
 from eventindex.schemas import LookupRequest
 
 log = logging.getLogger("eventindex")
@@ -56,6 +56,8 @@ def create_app(settings: Settings) -> FastAPI:
     install_handlers(app)
     app.include_router(health.router)
     app.include_router(events.router)
+    app.include_router(catalogue.router)
+    web.mount(app)
     _document_raw_bodies(app)
     return app
 

@@ -130,6 +130,7 @@ class PairParser:
     errors: list[LineError] = field(default_factory=list)
     error_count: int = 0
     failure: PairSyntaxError | None = None
+    _taken: int = 0
 
     def feed(self, chunk: bytes) -> tuple[list[int], list[int]]:
         if not chunk or self.failure is not None:
@@ -192,6 +193,12 @@ class PairParser:
             return
         if len(self.errors) < MAX_REPORTED_ERRORS:
             self.errors.append(error)
+
+    def take_errors(self) -> list[LineError]:
+        """The errors recorded since the last call."""
+        new = self.errors[self._taken :]
+        self._taken = len(self.errors)
+        return new
 
     def raise_collected(self) -> None:
         if self.errors:

@@ -62,13 +62,12 @@ class Problem(Exception):
         )
 
 
-def database_unavailable(exc: BaseException | None = None) -> Problem:
-    reason = f" ({type(exc).__name__})" if exc is not None else ""
+def database_unavailable() -> Problem:
     return Problem(
         503,
         "database-unavailable",
         "Database unavailable",
-        f"The event catalogue's database cannot be reached{reason}; try again shortly.",
+        "The event catalogue's database cannot be reached; try again shortly.",
         headers={"Retry-After": "5"},
     )
 
@@ -88,7 +87,7 @@ def database_problem(exc: BaseException) -> Problem | None:
     if isinstance(exc, asyncpg.UndefinedTableError | asyncpg.UndefinedFunctionError):
         return schema_missing(exc)
     if isinstance(exc, UNAVAILABLE_ERRORS):
-        return database_unavailable(exc)
+        return database_unavailable()
     if isinstance(exc, asyncpg.QueryCanceledError):
         return Problem(
             503,

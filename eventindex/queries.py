@@ -74,6 +74,12 @@ SELECT run_number, event_number FROM events TABLESAMPLE SYSTEM (1)
 ORDER BY random() LIMIT $1
 """
 
+LIST_DATASETS = """
+SELECT id, name, data_type, description, created_at FROM datasets ORDER BY id
+"""
+
+LIST_OLT_BITS = "SELECT bit, name, description FROM olt_bits ORDER BY bit"
+
 # --- health -----------------------------------------------------------------
 
 PING = "SELECT 1"
@@ -210,5 +216,3 @@ FROM event_duplicates WHERE conflicting
 """
 
 PREVIOUS_LOAD = "SELECT id FROM loads WHERE content_sha256 = $1 ORDER BY id LIMIT 1"
-
-OLT_BITS = "SELECT bit, name, description FROM olt_bits ORDER BY bit"

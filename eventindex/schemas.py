@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Any
 from uuid import UUID
 
@@ -97,9 +98,31 @@ class LookupSummary(BaseModel):
     missing: int
 
 
+class InvalidLine(BaseModel):
+    line: int
+    error: str
+
+
 class LookupResponse(BaseModel):
     results: list[LookupResult] = Field(description="One result per requested pair, in input order")
     summary: LookupSummary
+    invalid_lines: list[InvalidLine] | None = Field(
+        default=None, description="With invalid=report: the lines skipped, and why"
+    )
+
+
+class Dataset(BaseModel):
+    id: int
+    name: str
+    data_type: str
+    description: str
+    created_at: datetime
+
+
+class OltBit(BaseModel):
+    bit: int = Field(description="Bit position in olt_result")
+    name: str
+    description: str
 
 
 class ProblemDetail(BaseModel):

@@ -65,7 +65,9 @@ def _problem_for(exc: BaseException) -> Problem | None:
     return database_problem(exc)
 
 
-async def spooled_batches(spool: Spool, batch_size: int) -> AsyncIterator[Batch]:
+async def spooled_batches(
+    spool: Spool, batch_size: int, parser: PairParser | None = None
+) -> AsyncIterator[Batch]:
     """Pairs parsed from the spooled body, in batches of at most ``batch_size``.
 
     After the first batch, a batch goes out early when no more input is
@@ -73,9 +75,9 @@ async def spooled_batches(spool: Spool, batch_size: int) -> AsyncIterator[Batch]
     batch always waits to be full (or for the end), so that a bad line within
     the first ``batch_size`` pairs fails the request before anything is
     answered, whatever the timing; a bad line later ends the stream after the
-    pairs before it.
+    pairs before it. A parser that collects errors instead never stops.
     """
-    parser = PairParser()
+    parser = parser or PairParser()
     total = 0
     runs: list[int] = []
     events: list[int] = []
@@ -120,6 +122,7 @@ async def spooled_batches(spool: Spool, batch_size: int) -> AsyncIterator[Batch]
     if runs:
         yield runs, events
     elif total == 0:
+        parser.raise_collected()
         raise Problem(422, "no-pairs", "No pairs", "The request body contains no pairs.")
 
 
@@ -133,11 +136,17 @@ class LookupStream(Response):
         pool: asyncpg.Pool,
         settings: Settings,
         pairs: tuple[list[int], list[int]] | None = None,
+        *,
+        report_invalid: bool = False,
     ) -> None:
         super().__init__(media_type=NDJSON)
         self.pool = pool
         self.settings = settings
         self.pairs = pairs  # already parsed from a JSON body; else the body is read here
+        # Bad lines are reported in the stream ({"line": N, "error": ...}) and skipped,
+        # and the stream ends with a summary line, instead of stopping at the first.
+        self.report_invalid = report_invalid
+        self.parser = PairParser(collect_errors=report_invalid)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         spool = Spool(self.settings.spool_memory_bytes, self.settings.max_stream_bytes)
@@ -178,33 +187,38 @@ class LookupStream(Response):
         size = self.settings.lookup_batch_size
         if self.pairs is not None:
             return iterate_batches(*self.pairs, size)
-        return spooled_batches(spool, size)
+        return spooled_batches(spool, size, self.parser)
 
     async def _respond(self, scope: Scope, send: Send, spool: Spool) -> None:
         started = False
         path = scope.get("path")
+        requested = found = 0
+
+        async def write(body: bytes) -> None:
+            nonlocal started
+            if not started:
+                started = True
+                headers = [(b"content-type", NDJSON.encode())]
+                await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await send({"type": "http.response.body", "body": body, "more_body": True})
+
         try:
             batches = self._batches(spool)
             async with lookup_connections(
                 self.pool, self.settings.stream_connections, self.settings.pool_acquire_timeout
             ) as conns:
                 async for result in lookup_batches(conns, batches, "\n"):
-                    if not started:
-                        await send(
-                            {
-                                "type": "http.response.start",
-                                "status": 200,
-                                "headers": [(b"content-type", NDJSON.encode())],
-                            }
-                        )
-                        started = True
-                    await send(
-                        {
-                            "type": "http.response.body",
-                            "body": result.body + b"\n",
-                            "more_body": True,
-                        }
-                    )
+                    requested += result.requested
+                    found += result.found
+                    await write(result.body + b"\n" + self._invalid_lines())
+            if self.report_invalid:
+                summary = {
+                    "requested": requested,
+                    "found": found,
+                    "missing": requested - found,
+                    "invalid_lines": self.parser.error_count,
+                }
+                await write(self._invalid_lines() + orjson.dumps({"summary": summary}) + b"\n")
         except ClientGone:
             return
         except Exception as exc:
@@ -218,17 +232,15 @@ class LookupStream(Response):
                 response = problem.response(path)
                 await response(scope, _no_receive, send)
                 return
-            line = orjson.dumps({"error": problem.body(path)}) + b"\n"
-            await send({"type": "http.response.body", "body": line, "more_body": True})
-        if not started:
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 200,
-                    "headers": [(b"content-type", NDJSON.encode())],
-                }
-            )
+            await write(orjson.dumps({"error": problem.body(path)}) + b"\n")
+        await write(b"")
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    def _invalid_lines(self) -> bytes:
+        return b"".join(
+            orjson.dumps({"line": e.line, "error": e.reason}) + b"\n"
+            for e in self.parser.take_errors()
+        )
 
 
 async def _no_receive() -> Message:

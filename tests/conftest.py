@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
+import subprocess
+import sys
 import tempfile
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -158,3 +163,47 @@ async def app_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
 async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
     async for c in app_client(settings):
         yield c
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class Server:
+    """A real ``eventindex serve`` (uvicorn) in a subprocess."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], url: str) -> None:
+        self.proc = proc
+        self.url = url
+
+
+@contextmanager
+def run_server(database_url: str, **env: str) -> Iterator[Server]:
+    port = free_port()
+    environ = {
+        **os.environ,
+        "EVENTINDEX_DATABASE_URL": database_url,
+        "EVENTINDEX_PORT": str(port),
+        "EVENTINDEX_LOG_LEVEL": "warning",
+        **env,
+    }
+    proc = subprocess.Popen([sys.executable, "-m", "eventindex", "serve"], env=environ)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(150):
+            try:
+                if httpx.get(url + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None, "server exited"
+            time.sleep(0.1)
+        else:
+            raise AssertionError("server did not start")
+        yield Server(proc, url)
+    finally:
+        proc.terminate()
+        proc.wait(10)

@@ -269,3 +269,79 @@ async def test_openapi_documents_endpoints(client: httpx.AsyncClient) -> None:
     refs = set(re.findall(r'"\$ref":"#/components/schemas/([^"]+)"', orjson.dumps(spec).decode()))
     assert "LookupRequest" in refs
     assert refs <= set(spec["components"]["schemas"])
+
+
+async def test_stream_report_mode_skips_and_reports_bad_lines(client: httpx.AsyncClient) -> None:
+    text = b"run event\n100 1\nfoo\n100 2\n100 -1\n999 9\n"
+    response = await client.post(
+        "/v1/lookup?invalid=report",
+        content=text,
+        headers={"content-type": "text/plain", "accept": NDJSON},
+    )
+    assert response.status_code == 200
+    lines = ndjson_lines(response)
+    results = [x for x in lines if "run_number" in x]
+    assert results == [expected(100, 1), expected(100, 2), expected(999, 9)]
+    assert [x for x in lines if "line" in x] == [
+        {
+            "line": 3,
+            "error": "expected 'run event' (or run:event, run,event, run/event), got 'foo'",
+        },
+        {"line": 5, "error": "event_number -1 is negative"},
+    ]
+    assert lines[-1] == {"summary": {"requested": 3, "found": 2, "missing": 1, "invalid_lines": 2}}
+
+
+async def test_report_mode_all_bad_is_422_with_every_line(client: httpx.AsyncClient) -> None:
+    response = await client.post(
+        "/v1/lookup?invalid=report",
+        content=b"a1 b\nc2 d\n",
+        headers={"content-type": "text/plain", "accept": NDJSON},
+    )
+    body = assert_problem(response, 422, "line 1")
+    assert [e["line"] for e in body["errors"]] == [1, 2]
+
+
+async def test_json_answer_report_mode(client: httpx.AsyncClient) -> None:
+    response = await client.post(
+        "/v1/lookup?invalid=report",
+        content=b"100 1\nbad line\n",
+        headers={"content-type": "text/plain", "accept": "application/json"},
+    )
+    body = response.json()
+    assert body["results"] == [expected(100, 1)]
+    assert body["invalid_lines"] == [{"line": 2, "error": body["invalid_lines"][0]["error"]}]
+    assert "bad" in body["invalid_lines"][0]["error"]
+
+
+async def test_invalid_mode_value_is_422(client: httpx.AsyncClient) -> None:
+    response = await client.post(
+        "/v1/lookup?invalid=ignore", content=b"1 1\n", headers={"content-type": "text/plain"}
+    )
+    assert_problem(response, 422, "invalid")
+
+
+async def test_catalogue_names(client: httpx.AsyncClient) -> None:
+    datasets = (await client.get("/v1/datasets")).json()
+    assert [(d["id"], d["name"]) for d in datasets] == [
+        (1, "spd.test.raw.a"),
+        (2, "spd.test.raw.b"),
+        (3, "spd.test.raw.c"),
+    ]
+    bits = (await client.get("/v1/online-filter/bits")).json()
+    assert bits[0] == {
+        "bit": 0,
+        "name": "minimum_bias",
+        "description": bits[0]["description"],
+    }
+    assert len(bits) == 9
+
+
+async def test_page_is_served(client: httpx.AsyncClient) -> None:
+    page = await client.get("/")
+    assert page.status_code == 200
+    assert page.headers["content-type"].startswith("text/html")
+    assert "/static/app.js" in page.text
+    script = await client.get("/static/app.js")
+    assert script.status_code == 200
+    assert "x-ndjson" in script.text

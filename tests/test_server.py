@@ -3,12 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import random
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -17,16 +12,9 @@ import httpx
 import orjson
 import pytest
 
-from tests.conftest import EVENTS_PER_RUN, RUNS, fuid_of
+from tests.conftest import EVENTS_PER_RUN, RUNS, Server, fuid_of, run_server
 
 NDJSON = "application/x-ndjson"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def rss_kib(pid: int, field: str) -> int:
@@ -40,38 +28,10 @@ def reset_peak_rss(pid: int) -> None:
     Path(f"/proc/{pid}/clear_refs").write_text("5")
 
 
-class Server:
-    def __init__(self, proc: subprocess.Popen[bytes], url: str) -> None:
-        self.proc = proc
-        self.url = url
-
-
 @pytest.fixture(scope="module")
 def server(database_url: str) -> Iterator[Server]:
-    port = free_port()
-    env = {
-        **os.environ,
-        "EVENTINDEX_DATABASE_URL": database_url,
-        "EVENTINDEX_PORT": str(port),
-        "EVENTINDEX_LOG_LEVEL": "warning",
-    }
-    proc = subprocess.Popen([sys.executable, "-m", "eventindex", "serve"], env=env)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(100):
-            try:
-                if httpx.get(url + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None, "server exited"
-            time.sleep(0.1)
-        else:
-            raise AssertionError("server did not start")
-        yield Server(proc, url)
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    with run_server(database_url) as running:
+        yield running
 
 
 @pytest.fixture

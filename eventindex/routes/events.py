@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import orjson
-from fastapi import APIRouter, Path, Request
+from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import Response
 from pydantic import ValidationError
 
 from eventindex import lookup
 from eventindex.config import MAX_EVENT_NUMBER, MAX_RUN_NUMBER, Settings
 from eventindex.db import PoolDep, SettingsDep
-from eventindex.pairs import PairSyntaxError, parse_text
+from eventindex.pairs import PairParser, PairSyntaxError
 from eventindex.problems import Problem, validation_problem
 from eventindex.schemas import Event, LookupResponse, ProblemDetail, parse_lookup_request
 from eventindex.streaming import NDJSON, LookupStream, syntax_problem
@@ -95,7 +95,19 @@ _LOOKUP_BODY_DOC: dict[str, Any] = {
     responses={413: _PROBLEM, 415: _PROBLEM, 422: _PROBLEM, 503: _PROBLEM},
     openapi_extra=_LOOKUP_BODY_DOC,
 )
-async def lookup_pairs(request: Request, pool: PoolDep, settings: SettingsDep) -> Response:
+async def lookup_pairs(
+    request: Request,
+    pool: PoolDep,
+    settings: SettingsDep,
+    invalid: Annotated[
+        Literal["fail", "report"],
+        Query(
+            description="For line bodies: `fail` (default) rejects the request at a bad line; "
+            '`report` skips bad lines and reports each (`{"line": N, "error": ...}` lines '
+            "in a stream, `invalid_lines` in JSON), and a stream ends with a `summary` line."
+        ),
+    ] = "fail",
+) -> Response:
     content_type = request.headers.get("content-type", "application/json")
     media = content_type.split(";", 1)[0].strip().lower()
     accept = request.headers.get("accept", "")
@@ -113,17 +125,19 @@ async def lookup_pairs(request: Request, pool: PoolDep, settings: SettingsDep) -
         return await _json_answer(pool, settings, runs, events)
 
     if media in _LINE_TYPES:
+        report = invalid == "report"
         if wants_stream or "application/json" not in accept:
-            return LookupStream(pool, settings)
+            return LookupStream(pool, settings, report_invalid=report)
         body = await _read_limited(request, settings.max_body_bytes)
-        try:
-            runs, events = parse_text(body)
-        except PairSyntaxError as exc:
-            raise syntax_problem(exc) from None
+        parser = PairParser(collect_errors=True)
+        runs, events = parser.feed(body)
+        if parser.errors and (not report or not runs):
+            raise syntax_problem(PairSyntaxError(parser.errors, parser.error_count))
         if not runs:
             raise Problem(422, "no-pairs", "No pairs", "The request body contains no pairs.")
         _check_count(len(runs), settings)
-        return await _json_answer(pool, settings, runs, events)
+        extra = {"invalid_lines": [{"line": e.line, "error": e.reason} for e in parser.errors]}
+        return await _json_answer(pool, settings, runs, events, extra if report else None)
 
     raise Problem(
         415,
@@ -171,7 +185,11 @@ def _body_too_large(limit: int) -> Problem:
 
 
 async def _json_answer(
-    pool: PoolDep, settings: Settings, runs: list[int], events: list[int]
+    pool: PoolDep,
+    settings: Settings,
+    runs: list[int],
+    events: list[int],
+    extra: dict[str, Any] | None = None,
 ) -> Response:
     result = await lookup.lookup_all(
         pool,
@@ -187,5 +205,7 @@ async def _json_answer(
         "found": result.found,
         "missing": result.requested - result.found,
     }
-    body = b'{"results":[' + result.body + b'],"summary":' + orjson.dumps(summary) + b"}"
+    tail = orjson.dumps(extra)[1:-1] if extra else b""
+    body = b'{"results":[' + result.body + b'],"summary":' + orjson.dumps(summary)
+    body += b"," + tail + b"}" if tail else b"}"
     return Response(body, media_type="application/json")
