@@ -16,6 +16,7 @@ from eventindex import __version__
 from eventindex.config import Settings
 from eventindex.db import create_pool
 from eventindex.problems import install_handlers
+from eventindex.ratelimit import RateLimit
 from eventindex.routes import catalogue, events, health, web
 from eventindex.schemas import LookupRequest
 
@@ -54,6 +55,10 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
     )
     install_handlers(app)
+    if settings.rate_limit_per_second > 0:
+        app.add_middleware(
+            RateLimit, per_second=settings.rate_limit_per_second, burst=settings.rate_limit_burst
+        )
     app.include_router(health.router)
     app.include_router(events.router)
     app.include_router(catalogue.router)

@@ -197,6 +197,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser(
+        "pick",
+        help="look up (run, event) pairs from a file or stdin",
+        description="Event picking: print each pair's file, dataset and Online Filter "
+        "decisions. Exit codes: 0 all found, 3 some not found, 1 error, 2 usage.",
+    )
+    from eventindex import pick
+
+    pick.add_arguments(p)
+    p.set_defaults(func=pick.run)
+
+    p = sub.add_parser(
         "generate", help="write pseudo events as CSV (python -m tools.gen_data; see --help)"
     )
     p.set_defaults(func=cmd_delegate)

@@ -45,6 +45,10 @@ class Settings(BaseSettings):
     lookup_batch_size: Annotated[int, Field(ge=1, le=100_000)] = 20_000
     stream_connections: Annotated[int, Field(ge=1, le=16)] = 2
     spool_memory_bytes: Annotated[int, Field(ge=64 * 1024)] = 8 * 1024 * 1024
+    rate_limit_per_second: Annotated[float, Field(ge=0)] = Field(
+        default=0.0, description="Requests per second per client (0: no limit)"
+    )
+    rate_limit_burst: Annotated[int, Field(ge=1)] = 20
     log_level: LogLevel = LogLevel.INFO
 
     @model_validator(mode="after")

@@ -2,11 +2,16 @@
 
     python -m tools.bench lookup [--events 1000000] [--pairs 200000 1000000] [--rounds 3]
     python -m tools.bench load [--events 10000000] [--rounds 3]
+    python -m tools.bench client [--pairs 1000000] [--rounds 3]
 
 ``load`` times the loader (tools/store_events, with all its integrity checks)
 against raw ``COPY ... FROM STDIN`` of the same file into a table with the same
 primary key and nothing else, interleaved over rounds, on an empty table and on
 one that already holds as many other events.
+
+``client`` times ``EventIndexClient.lookup_stream`` (typed results) and
+``lookup_stream_raw`` (NDJSON lines) for 1M pairs against the server's own
+stream read by plain httpx (the raw server figure), in one run.
 
 ``lookup``:
 
@@ -463,6 +468,60 @@ async def bench_load(args: argparse.Namespace) -> None:
         )
 
 
+async def client_typed(base: str, pairs: list[tuple[int, int]], expect: int) -> None:
+    from eventindex.client import EventIndexClient
+
+    n = 0
+    async with EventIndexClient(base) as client:
+        async for _ in client.lookup_stream(pairs):
+            n += 1
+    if n != expect:
+        raise SystemExit(f"bench: lookup_stream gave {n} results for {expect} pairs")
+
+
+async def client_raw(base: str, pairs: list[tuple[int, int]], expect: int) -> None:
+    from eventindex.client import EventIndexClient
+
+    n = 0
+    async with EventIndexClient(base) as client:
+        async for batch in client.lookup_stream_raw(pairs):
+            n += len(batch)
+    if n != expect:
+        raise SystemExit(f"bench: lookup_stream_raw gave {n} results for {expect} pairs")
+
+
+async def bench_client(args: argparse.Namespace) -> None:
+    url, _server = server_url(args)
+    db_url = await prepare_database(url, args.events)
+    n = args.pairs
+    runs, events = make_pairs(args.events, n, seed=n)
+    pairs = list(zip(runs, events, strict=True))
+    body = b"".join(b"%d %d\n" % p for p in pairs)
+    proc, base = start_service(db_url)
+    res = Results()
+    try:
+        async with httpx.AsyncClient(base_url=base, timeout=600) as http:
+            await service_stream(http, body, n)  # warm up
+            for rnd in range(args.rounds):
+                log(f"round {rnd + 1}/{args.rounds}")
+                res.add("server", await timed(n, service_stream, http, body, n))
+                res.add("raw", await timed(n, client_raw, base, pairs, n))
+                res.add("typed", await timed(n, client_typed, base, pairs, n))
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    server = res.median("server")
+    print()
+    print(f"EventIndex client benchmark: {n:,} pairs, {args.events:,} events, medians")
+    print(f"{'measurement':<52}{'rate':>14}  {'baseline':>14}  {'ratio':>6}")
+    for key, label in (
+        ("raw", "lookup_stream_raw (NDJSON lines) vs raw server"),
+        ("typed", "lookup_stream (pydantic results) vs raw server"),
+    ):
+        rate = res.median(key)
+        print(f"{label:<52}{rate:>10,.0f} p/s  {server:>10,.0f} p/s  {rate / server:>5.2f}x")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m tools.bench",
@@ -484,6 +543,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrency", type=int, default=32, help="concurrent GET clients")
     p.add_argument("--rounds", type=int, default=3)
     p.set_defaults(func=bench_lookup)
+    p = sub.add_parser("client", help="lookup_stream end to end vs the raw server stream")
+    p.add_argument("--database-url", help="PostgreSQL server URL (default: embedded)")
+    p.add_argument("--events", type=int, default=1_000_000, help="catalogue size (default 1M)")
+    p.add_argument("--pairs", type=int, default=1_000_000, help="pairs (default 1M)")
+    p.add_argument("--rounds", type=int, default=3)
+    p.set_defaults(func=bench_client)
+
     p = sub.add_parser("load", help="loader throughput: store_events vs raw COPY")
     p.add_argument("--database-url", help="PostgreSQL server URL (default: embedded)")
     p.add_argument("--events", type=int, default=10_000_000, help="events per file (default 10M)")

@@ -1,0 +1,372 @@
+"""Python client of the EventIndex API: async (httpx), with a small synchronous wrapper.
+
+    async with EventIndexClient("http://eventindex:8000", token=...) as client:
+        event = await client.get_event(1000, 42)            # Event, or None if unknown
+        answer = await client.lookup([(1000, 42), (1000, 43)])  # LookupResponse
+        async for result in client.lookup_stream(pairs):     # any (async) iterable, any size
+            ...
+
+``lookup_stream`` cuts the pairs into chunks, each sent as a streamed NDJSON
+request; up to ``concurrency`` chunks are in flight while the results of the
+oldest are handed out, in input order. A chunk whose stream breaks (connection
+lost, server restarted, 502/503/504, 429) is asked again from its first
+undelivered pair, after a backoff that honours ``Retry-After``: no pair is
+answered twice or skipped. Memory is bounded by chunk size times concurrency.
+4xx answers raise ``ProblemError`` carrying the server's problem details.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections import deque
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterable, Iterator
+from types import TracebackType
+from typing import Any
+
+import httpx
+import orjson
+from pydantic import TypeAdapter
+
+from eventindex.schemas import Event, LookupResponse, LookupResult
+
+Pair = tuple[int, int]
+NDJSON = "application/x-ndjson"
+RETRY_STATUSES = frozenset({429, 502, 503, 504})
+
+_RESULTS = TypeAdapter(list[LookupResult])
+
+
+class EventIndexError(Exception):
+    """Anything that went wrong talking to EventIndex."""
+
+    def __init__(self, message: str, *, status: int | None = None, problem: Any = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.problem: dict[str, Any] = problem if isinstance(problem, dict) else {}
+
+
+class ProblemError(EventIndexError):
+    """The server refused the request (4xx); ``problem`` holds its problem details."""
+
+
+class UnavailableError(EventIndexError):
+    """The service did not answer usefully within the retries."""
+
+
+class _Retry(Exception):
+    def __init__(self, reason: str, retry_after: float | None = None) -> None:
+        super().__init__(reason)
+        self.retry_after = retry_after
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("retry-after", "")
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None
+
+
+def _problem_error(status: int, body: bytes) -> ProblemError:
+    try:
+        problem = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        problem = {}
+    detail = problem.get("detail") if isinstance(problem, dict) else None
+    return ProblemError(
+        f"HTTP {status}: {detail or body[:200].decode(errors='replace')}",
+        status=status,
+        problem=problem,
+    )
+
+
+async def _chunks(
+    pairs: Iterable[Pair] | AsyncIterable[Pair], size: int
+) -> AsyncIterator[list[Pair]]:
+    chunk: list[Pair] = []
+    if isinstance(pairs, AsyncIterable):
+        async for p in pairs:
+            chunk.append((int(p[0]), int(p[1])))
+            if len(chunk) >= size:
+                yield chunk
+                chunk = []
+    else:
+        for p in pairs:
+            chunk.append((int(p[0]), int(p[1])))
+            if len(chunk) >= size:
+                yield chunk
+                chunk = []
+                await asyncio.sleep(0)  # let the requests in flight progress
+    if chunk:
+        yield chunk
+
+
+class _ChunkFetch:
+    """One chunk's request, retried and resumed until every pair is answered."""
+
+    def __init__(self, client: EventIndexClient, pairs: list[Pair]) -> None:
+        self.client = client
+        self.pairs = pairs
+        self.queue: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue()
+        self.task = asyncio.create_task(self._run())
+
+    async def _body(self, start: int) -> AsyncIterator[bytes]:
+        pairs = self.pairs
+        for i in range(start, len(pairs), 10_000):
+            yield b"".join(
+                b'{"run_number":%d,"event_number":%d}\n' % p for p in pairs[i : i + 10_000]
+            )
+
+    async def _run(self) -> None:
+        delivered = 0
+        failures = 0
+        try:
+            while delivered < len(self.pairs):
+                before = delivered
+                try:
+                    delivered = await self._attempt(delivered)
+                    if delivered < len(self.pairs):
+                        raise _Retry("the answer ended early")
+                except (httpx.TransportError, _Retry) as exc:
+                    failures = 0 if delivered > before else failures + 1
+                    retry_after = exc.retry_after if isinstance(exc, _Retry) else None
+                    await self.client._pause(failures, retry_after, exc)
+            self.queue.put_nowait(None)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            self.queue.put_nowait(exc)
+
+    async def _attempt(self, start: int) -> int:
+        delivered = start
+        headers = {"content-type": NDJSON, "accept": NDJSON}
+        async with self.client.http.stream(
+            "POST", "/v1/lookup", content=self._body(start), headers=headers
+        ) as response:
+            if response.status_code in RETRY_STATUSES:
+                raise _Retry(f"HTTP {response.status_code}", _retry_after(response))
+            if response.status_code >= 400:
+                raise _problem_error(response.status_code, await response.aread())
+            tail = b""
+            async for data in response.aiter_bytes():
+                lines = (tail + data).split(b"\n")
+                tail = lines.pop()
+                for line in lines:
+                    if line.startswith(b'{"error"'):
+                        problem = orjson.loads(line)["error"]
+                        if problem.get("status", 500) >= 500 or problem.get("status") == 429:
+                            raise _Retry(problem.get("detail", "the stream failed"))
+                        raise ProblemError(
+                            f"HTTP {problem.get('status')}: {problem.get('detail')}",
+                            status=problem.get("status"),
+                            problem=problem,
+                        )
+                    if line:
+                        self.queue.put_nowait(line)
+                        delivered += 1
+        return delivered
+
+    async def lines(self) -> AsyncIterator[list[bytes]]:
+        """This chunk's answers in order, in batches of what has arrived."""
+        while True:
+            item = await self.queue.get()
+            batch: list[bytes] = []
+            while True:
+                if item is None:
+                    if batch:
+                        yield batch
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                batch.append(item)
+                if len(batch) >= 2000 or self.queue.empty():
+                    break
+                item = self.queue.get_nowait()
+            yield batch
+
+    def cancel(self) -> None:
+        self.task.cancel()
+
+
+class EventIndexClient:
+    def __init__(
+        self,
+        base_url: str,
+        token: str | None = None,
+        *,
+        timeout: float = 60.0,
+        retries: int = 6,
+        backoff: float = 0.5,
+        max_backoff: float = 20.0,
+        chunk_size: int = 50_000,
+        concurrency: int = 2,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        if chunk_size < 1 or concurrency < 1:
+            raise ValueError("chunk_size and concurrency must be at least 1")
+        self.base_url = base_url.rstrip("/")
+        self.retries = retries
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        self.chunk_size = chunk_size
+        self.concurrency = concurrency
+        headers = {"authorization": f"Bearer {token}"} if token else {}
+        self._http: httpx.AsyncClient | None = None
+        self._http_args: dict[str, Any] = {
+            "base_url": self.base_url,
+            "headers": headers,
+            "timeout": httpx.Timeout(timeout, connect=min(timeout, 10.0)),
+            "limits": httpx.Limits(max_connections=concurrency + 2),
+            "transport": transport,
+        }
+
+    async def __aenter__(self) -> EventIndexClient:
+        self._http = httpx.AsyncClient(**self._http_args)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        if self._http is not None:
+            await self._http.aclose()
+            self._http = None
+
+    @property
+    def http(self) -> httpx.AsyncClient:
+        if self._http is None:
+            raise RuntimeError("use the client as 'async with EventIndexClient(...) as client'")
+        return self._http
+
+    async def _pause(self, failures: int, retry_after: float | None, cause: BaseException) -> None:
+        if failures > self.retries:
+            raise UnavailableError(
+                f"EventIndex at {self.base_url} did not answer after {self.retries} retries: "
+                f"{cause}"
+            ) from cause
+        delay = min(self.max_backoff, self.backoff * 2 ** max(failures - 1, 0))
+        delay *= 0.5 + random.random() / 2  # jitter, so that many clients do not retry in step
+        if retry_after is not None:
+            delay = max(delay, retry_after)
+        await asyncio.sleep(delay)
+
+    async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        failures = 0
+        while True:
+            try:
+                response = await self.http.request(method, path, **kwargs)
+            except httpx.TransportError as exc:
+                failures += 1
+                await self._pause(failures, None, exc)
+                continue
+            if response.status_code in RETRY_STATUSES:
+                failures += 1
+                await self._pause(
+                    failures, _retry_after(response), _Retry(f"HTTP {response.status_code}")
+                )
+                continue
+            return response
+
+    async def get_event(self, run_number: int, event_number: int) -> Event | None:
+        """The event, or None if the catalogue does not hold it."""
+        response = await self._request("GET", f"/v1/events/{run_number}/{event_number}")
+        if response.status_code == 404:
+            return None
+        if response.status_code >= 400:
+            raise _problem_error(response.status_code, response.content)
+        return Event.model_validate_json(response.content)
+
+    async def lookup(self, pairs: Iterable[Pair]) -> LookupResponse:
+        """A small set (up to the server's max_json_pairs) in one JSON request."""
+        body = orjson.dumps({"pairs": [[int(r), int(e)] for r, e in pairs]})
+        response = await self._request(
+            "POST", "/v1/lookup", content=body, headers={"content-type": "application/json"}
+        )
+        if response.status_code >= 400:
+            raise _problem_error(response.status_code, response.content)
+        return LookupResponse.model_validate_json(response.content)
+
+    async def lookup_stream_raw(
+        self, pairs: Iterable[Pair] | AsyncIterable[Pair]
+    ) -> AsyncGenerator[list[bytes], None]:
+        """The answers as NDJSON lines (bytes), in input order, in batches: the fast path."""
+        chunks = _chunks(pairs, self.chunk_size)
+        window: deque[_ChunkFetch] = deque()
+        exhausted = False
+        try:
+            while True:
+                while not exhausted and len(window) < self.concurrency:
+                    chunk = await anext(chunks, None)
+                    if chunk is None:
+                        exhausted = True
+                    else:
+                        window.append(_ChunkFetch(self, chunk))
+                if not window:
+                    return
+                async for batch in window[0].lines():
+                    yield batch
+                window.popleft()
+        finally:
+            for fetch in window:
+                fetch.cancel()
+            for fetch in window:
+                with contextlib.suppress(BaseException):
+                    await fetch.task
+
+    async def lookup_stream(
+        self, pairs: Iterable[Pair] | AsyncIterable[Pair]
+    ) -> AsyncIterator[LookupResult]:
+        """One typed result per pair, in input order, for any number of pairs."""
+        async for batch in self.lookup_stream_raw(pairs):
+            for result in _RESULTS.validate_json(b"[" + b",".join(batch) + b"]"):
+                yield result
+
+
+class SyncEventIndexClient:
+    """The same client for scripts and notebooks, on an event loop in a helper thread."""
+
+    def __init__(self, base_url: str, token: str | None = None, **kwargs: Any) -> None:
+        from anyio.from_thread import start_blocking_portal
+
+        self._portal_cm = start_blocking_portal()
+        self._portal = self._portal_cm.__enter__()
+        self._client = EventIndexClient(base_url, token, **kwargs)
+        self._portal.call(self._client.__aenter__)
+
+    def __enter__(self) -> SyncEventIndexClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._portal.call(self._client.aclose)
+        self._portal_cm.__exit__(None, None, None)
+
+    def get_event(self, run_number: int, event_number: int) -> Event | None:
+        return self._portal.call(self._client.get_event, run_number, event_number)
+
+    def lookup(self, pairs: Iterable[Pair]) -> LookupResponse:
+        return self._portal.call(self._client.lookup, list(pairs))
+
+    def lookup_stream(self, pairs: Iterable[Pair]) -> Iterator[LookupResult]:
+        stream = self._client.lookup_stream_raw(pairs)
+        try:
+            while True:
+                batch = self._portal.call(_next_batch, stream)
+                if batch is None:
+                    return
+                yield from _RESULTS.validate_json(b"[" + b",".join(batch) + b"]")
+        finally:
+            self._portal.call(stream.aclose)
+
+
+async def _next_batch(stream: AsyncIterator[list[bytes]]) -> list[bytes] | None:
+    return await anext(stream, None)
