@@ -15,9 +15,12 @@ from fastapi.openapi.utils import get_openapi
 from eventindex import __version__
 from eventindex.config import Settings
 from eventindex.db import create_pool
+from eventindex.metrics import Metrics
 from eventindex.problems import install_handlers
 from eventindex.ratelimit import RateLimit
+from eventindex.requestlog import RequestLog
 from eventindex.routes import catalogue, events, health, web
+from eventindex.routes import metrics as metrics_routes
 from eventindex.schemas import LookupRequest
 
 log = logging.getLogger("eventindex")
@@ -36,9 +39,12 @@ def create_app(settings: Settings) -> FastAPI:
         raise ValueError("settings.database_url must be set (the CLI starts an embedded server)")
     dsn = settings.database_url
 
+    metrics = Metrics()
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[State]:
         pool = await create_pool(settings, dsn)
+        metrics.pool = pool
         try:
             yield {"pool": pool, "settings": settings}
         finally:
@@ -54,6 +60,7 @@ def create_app(settings: Settings) -> FastAPI:
         summary="Event catalogue of the SPD experiment: which raw file holds each event.",
         lifespan=lifespan,
     )
+    app.state.metrics = metrics
     install_handlers(app)
     if settings.rate_limit_per_second > 0:
         app.add_middleware(
@@ -62,7 +69,11 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(health.router)
     app.include_router(events.router)
     app.include_router(catalogue.router)
+    if settings.metrics_enabled:
+        app.include_router(metrics_routes.router)
     web.mount(app)
+    # Outermost: every request is timed and logged, errors and 429s included.
+    app.add_middleware(RequestLog, metrics=metrics)
     _document_raw_bodies(app)
     return app
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import sys
 import tempfile
@@ -15,6 +14,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from eventindex.config import Settings, describe_validation_error
+from eventindex.requestlog import configure_logging
 
 
 class CliError(Exception):
@@ -91,28 +91,29 @@ def cmd_serve(args: argparse.Namespace) -> int:
         base = f"http://{settings.host}:{settings.port}"
         print(f"eventindex: try  curl {base}/v1/events/RUN/EVENT", file=sys.stderr)
     level = settings.log_level.value
-    logging.basicConfig(
-        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(level, settings.log_format == "json")
     print(
         f"eventindex: serving on http://{settings.host}:{settings.port} "
         f"(API docs at http://{settings.host}:{settings.port}/docs)",
         file=sys.stderr,
     )
+    server_options: dict[str, Any] = {
+        "host": settings.host,
+        "port": settings.port,
+        "log_level": level,
+        "log_config": None,  # logging is configured above
+        "access_log": False,  # one line per request comes from the app, with its id
+        "timeout_graceful_shutdown": settings.shutdown_grace_seconds,
+    }
     if args.reload:
         os.environ["EVENTINDEX_DATABASE_URL"] = settings.database_url
         uvicorn.run(
-            "eventindex.app:app_from_environment",
-            factory=True,
-            reload=True,
-            host=settings.host,
-            port=settings.port,
-            log_level=level,
+            "eventindex.app:app_from_environment", factory=True, reload=True, **server_options
         )
         return 0
     from eventindex.app import create_app
 
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=level)
+    uvicorn.run(create_app(settings), **server_options)
     return 0
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MAX_RUN_NUMBER = 2**31 - 1
@@ -50,6 +50,16 @@ class Settings(BaseSettings):
     )
     rate_limit_burst: Annotated[int, Field(ge=1)] = 20
     log_level: LogLevel = LogLevel.INFO
+    log_format: Literal["text", "json"] = Field(
+        default="text", description="text for people, json (one object per line) for machines"
+    )
+    metrics_enabled: bool = Field(default=True, description="serve Prometheus metrics at /metrics")
+    metrics_token: SecretStr | None = Field(
+        default=None, description="if set, /metrics wants 'Authorization: Bearer <token>'"
+    )
+    shutdown_grace_seconds: Annotated[int, Field(ge=0)] = Field(
+        default=30, description="on SIGTERM, how long running requests may take to finish"
+    )
 
     @model_validator(mode="after")
     def _pool_sizes(self) -> Settings:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Annotated, TypeAlias
 
 import asyncpg
@@ -11,6 +13,7 @@ from asyncpg.pool import PoolConnectionProxy
 from fastapi import Depends, Request
 
 from eventindex.config import Settings
+from eventindex.metrics import current as current_metrics
 
 # What "the database is not there" looks like from asyncpg: refused or dropped
 # connections, a server starting up or shutting down, a full pool.
@@ -65,6 +68,23 @@ async def create_pool(settings: Settings, dsn: str) -> asyncpg.Pool:
     except UNAVAILABLE_ERRORS as exc:
         log.warning("database unreachable at start (%r); will connect on demand", exc)
         return await make(0)
+
+
+@asynccontextmanager
+async def acquire(pool: asyncpg.Pool, timeout: float) -> AsyncIterator[Connection]:
+    """A pooled connection, counted in the metrics while it is waited for."""
+    metrics = current_metrics.get()
+    if metrics is not None:
+        metrics.waiting += 1
+    try:
+        conn = await pool.acquire(timeout=timeout)
+    finally:
+        if metrics is not None:
+            metrics.waiting -= 1
+    try:
+        yield conn
+    finally:
+        await pool.release(conn)
 
 
 def get_pool(request: Request) -> asyncpg.Pool:

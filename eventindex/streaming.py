@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 
 import asyncpg
@@ -22,6 +23,8 @@ from starlette.types import Message, Receive, Scope, Send
 
 from eventindex.config import Settings
 from eventindex.lookup import Batch, iterate_batches, lookup_batches, lookup_connections
+from eventindex.metrics import count_pairs
+from eventindex.metrics import current as current_metrics
 from eventindex.pairs import PairParser, PairSyntaxError
 from eventindex.problems import Problem, database_problem
 from eventindex.spool import BodyTooLarge, Spool
@@ -157,7 +160,14 @@ class LookupStream(Response):
         writer = asyncio.create_task(self._respond(scope, send, spool))
         waiter = asyncio.create_task(gone.wait())
         try:
-            await asyncio.wait({writer, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            try:
+                await asyncio.wait({writer, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            except asyncio.CancelledError:
+                # The server is stopping: the writer ends the stream with an error line.
+                writer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await writer
+                raise
             if not writer.done():
                 # The client went away: stop the queries and give the connections back now.
                 writer.cancel()
@@ -190,9 +200,19 @@ class LookupStream(Response):
         return spooled_batches(spool, size, self.parser)
 
     async def _respond(self, scope: Scope, send: Send, spool: Spool) -> None:
+        began = time.perf_counter()
+        try:
+            await self._answer(scope, send, spool)
+        finally:
+            metrics = current_metrics.get()
+            if metrics is not None:
+                metrics.streams.observe(time.perf_counter() - began)
+
+    async def _answer(self, scope: Scope, send: Send, spool: Spool) -> None:
         started = False
         path = scope.get("path")
         requested = found = 0
+        state = scope.setdefault("state", {})
 
         async def write(body: bytes) -> None:
             nonlocal started
@@ -210,6 +230,8 @@ class LookupStream(Response):
                 async for result in lookup_batches(conns, batches, "\n"):
                     requested += result.requested
                     found += result.found
+                    state["pairs"] = requested
+                    count_pairs(result.found, result.requested)
                     await write(result.body + b"\n" + self._invalid_lines())
             if self.report_invalid:
                 summary = {
@@ -221,12 +243,34 @@ class LookupStream(Response):
                 await write(self._invalid_lines() + orjson.dumps({"summary": summary}) + b"\n")
         except ClientGone:
             return
+        except asyncio.CancelledError:
+            # The server is stopping (or the client left, and then this goes nowhere):
+            # say so rather than end the output as if it were complete.
+            if started:
+                stopping = Problem(
+                    503,
+                    "shutting-down",
+                    "Service shutting down",
+                    f"The service stopped this stream after {requested} answers; "
+                    "ask again for the pairs after them.",
+                    answered=requested,
+                )
+                with contextlib.suppress(Exception):
+                    await send(
+                        {
+                            "type": "http.response.body",
+                            "body": orjson.dumps({"error": stopping.body(path)}) + b"\n",
+                            "more_body": False,
+                        }
+                    )
+            raise
         except Exception as exc:
-            problem = _problem_for(exc)
-            if problem is None:
+            problem = _problem_for(exc) or Problem(
+                500, "internal", "Internal error", "The lookup stream failed."
+            )
+            if problem.status == 500:
                 log.exception("lookup stream failed")
-                problem = Problem(500, "internal", "Internal error", "The lookup stream failed.")
-            elif problem.status >= 500:
+            elif problem.status > 500:
                 log.warning("lookup stream: %s", problem.detail)
             if not started:
                 response = problem.response(path)

@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter
 
 from eventindex import queries
-from eventindex.db import PoolDep, SettingsDep
+from eventindex.db import PoolDep, SettingsDep, acquire
 from eventindex.schemas import Dataset, OltBit
 
 router = APIRouter(prefix="/v1", tags=["catalogue"])
@@ -15,7 +15,7 @@ router = APIRouter(prefix="/v1", tags=["catalogue"])
 
 @router.get("/datasets", response_model=list[Dataset], summary="All datasets")
 async def list_datasets(pool: PoolDep, settings: SettingsDep) -> Any:
-    async with pool.acquire(timeout=settings.pool_acquire_timeout) as conn:
+    async with acquire(pool, settings.pool_acquire_timeout) as conn:
         return [dict(r) for r in await conn.fetch(queries.LIST_DATASETS)]
 
 
@@ -25,5 +25,5 @@ async def list_datasets(pool: PoolDep, settings: SettingsDep) -> Any:
     summary="The Online Filter decisions: the bits of olt_result",
 )
 async def list_olt_bits(pool: PoolDep, settings: SettingsDep) -> Any:
-    async with pool.acquire(timeout=settings.pool_acquire_timeout) as conn:
+    async with acquire(pool, settings.pool_acquire_timeout) as conn:
         return [dict(r) for r in await conn.fetch(queries.LIST_OLT_BITS)]

@@ -122,7 +122,7 @@ async def lookup_pairs(
         _check_count(len(runs), settings)
         if wants_stream:
             return LookupStream(pool, settings, (runs, events))
-        return await _json_answer(pool, settings, runs, events)
+        return await _json_answer(request, pool, settings, runs, events)
 
     if media in _LINE_TYPES:
         report = invalid == "report"
@@ -137,7 +137,7 @@ async def lookup_pairs(
             raise Problem(422, "no-pairs", "No pairs", "The request body contains no pairs.")
         _check_count(len(runs), settings)
         extra = {"invalid_lines": [{"line": e.line, "error": e.reason} for e in parser.errors]}
-        return await _json_answer(pool, settings, runs, events, extra if report else None)
+        return await _json_answer(request, pool, settings, runs, events, extra if report else None)
 
     raise Problem(
         415,
@@ -185,6 +185,7 @@ def _body_too_large(limit: int) -> Problem:
 
 
 async def _json_answer(
+    request: Request,
     pool: PoolDep,
     settings: Settings,
     runs: list[int],
@@ -200,6 +201,7 @@ async def _json_answer(
         connections=settings.stream_connections,
         timeout=settings.pool_acquire_timeout,
     )
+    request.state.pairs = result.requested
     summary = {
         "requested": result.requested,
         "found": result.found,

@@ -9,7 +9,7 @@ from fastapi import APIRouter
 from fastapi.responses import Response
 
 from eventindex import migrate, queries
-from eventindex.db import UNAVAILABLE_ERRORS, PoolDep
+from eventindex.db import UNAVAILABLE_ERRORS, PoolDep, acquire
 from eventindex.schemas import Health, Readiness
 
 router = APIRouter(tags=["health"])
@@ -30,7 +30,7 @@ async def health() -> dict[str, str]:
 )
 async def ready(pool: PoolDep) -> Any:
     try:
-        async with pool.acquire(timeout=_READY_TIMEOUT) as conn:
+        async with acquire(pool, _READY_TIMEOUT) as conn:
             await conn.fetchval(queries.PING, timeout=_READY_TIMEOUT)
             pending = [m.name for m in await migrate.pending(conn)]
     except UNAVAILABLE_ERRORS:

@@ -1,0 +1,38 @@
+"""Prometheus metrics at /metrics (off with EVENTINDEX_METRICS_ENABLED=false)."""
+
+from __future__ import annotations
+
+import hmac
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from eventindex import queries
+from eventindex.db import UNAVAILABLE_ERRORS, PoolDep, SettingsDep, acquire
+from eventindex.metrics import Metrics
+from eventindex.problems import Problem
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+async def metrics(request: Request, pool: PoolDep, settings: SettingsDep) -> Response:
+    if settings.metrics_token is not None:
+        expected = "Bearer " + settings.metrics_token.get_secret_value()
+        given = request.headers.get("authorization", "")
+        if not hmac.compare_digest(given.encode(), expected.encode()):
+            raise Problem(
+                401,
+                "unauthorized",
+                "Unauthorized",
+                "/metrics wants the metrics token as 'Authorization: Bearer <token>'.",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+    registry: Metrics = request.app.state.metrics
+    try:
+        async with acquire(pool, 2.0) as conn:
+            registry.set_loaded(int(await conn.fetchval(queries.EVENTS_LOADED, timeout=2.0)))
+    except (*UNAVAILABLE_ERRORS,):
+        pass  # the rest of the metrics matter most when the database is away
+    return Response(generate_latest(registry.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,179 @@
+"""Metrics, request ids and logs, graceful shutdown, and a pool under pressure."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+
+import httpx
+import orjson
+import pytest
+from pydantic import SecretStr
+
+from eventindex.config import Settings
+from tests.conftest import app_client, free_port, run_server
+
+
+async def test_metrics_count_requests_pairs_and_pool(client: httpx.AsyncClient) -> None:
+    await client.get("/v1/events/100/1")
+    await client.post("/v1/lookup", json={"pairs": [[100, 1], [9, 9], [100, 2]]})
+    text = (await client.get("/metrics")).text
+    assert (
+        'eventindex_http_requests_total{method="GET",'
+        'route="/v1/events/{run_number}/{event_number}",status="200"}'
+    ) in text
+    assert 'eventindex_pairs_looked_up_total{result="found"}' in text
+    assert 'eventindex_pairs_looked_up_total{result="missing"}' in text
+    assert 'eventindex_db_query_duration_seconds_count{query="lookup_batch"}' in text
+    assert 'eventindex_pool_connections{state="open"}' in text
+    assert "eventindex_pool_waiting" in text
+    assert 'eventindex_http_request_duration_seconds_bucket{le="0.005",method="POST"' in text
+
+
+async def test_metrics_can_be_off_or_protected(settings: Settings) -> None:
+    async for client in app_client(settings.model_copy(update={"metrics_enabled": False})):
+        assert (await client.get("/metrics")).status_code == 404
+    protected = Settings(database_url=settings.database_url, metrics_token=SecretStr("s3cret"))
+    async for client in app_client(protected):
+        refused = await client.get("/metrics")
+        assert refused.status_code == 401
+        assert refused.headers["www-authenticate"] == "Bearer"
+        ok = await client.get("/metrics", headers={"authorization": "Bearer s3cret"})
+        assert ok.status_code == 200
+
+
+async def test_request_id_is_echoed_or_made(client: httpx.AsyncClient) -> None:
+    given = await client.get("/health", headers={"x-request-id": "job-42.7"})
+    assert given.headers["x-request-id"] == "job-42.7"
+    made = await client.get("/health")
+    assert len(made.headers["x-request-id"]) == 32
+    hostile = await client.get("/health", headers={"x-request-id": "a\tb" + "x" * 300})
+    assert hostile.headers["x-request-id"] != "a\tb" + "x" * 300
+
+
+def test_json_access_log_line(database_url: str) -> None:
+    port = free_port()
+    env = {
+        **os.environ,
+        "EVENTINDEX_DATABASE_URL": database_url,
+        "EVENTINDEX_PORT": str(port),
+        "EVENTINDEX_LOG_FORMAT": "json",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "eventindex", "serve"], env=env, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(100):
+            try:
+                httpx.get(url + "/health", timeout=1)
+                break
+            except httpx.TransportError:
+                asyncio.run(asyncio.sleep(0.1))
+        httpx.post(
+            url + "/v1/lookup",
+            json={"pairs": [[100, 1], [100, 2]]},
+            headers={"x-request-id": "pick-1", "authorization": "Bearer not-logged"},
+        )
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+    entries = [orjson.loads(line) for line in err.splitlines() if line.startswith("{")]
+    lookup = next(e for e in entries if e.get("request_id") == "pick-1")
+    assert lookup["route"] == "/v1/lookup"
+    assert lookup["method"] == "POST"
+    assert lookup["status"] == 200
+    assert lookup["pairs"] == 2
+    assert lookup["client"] == "127.0.0.1"
+    assert lookup["duration_ms"] > 0
+    assert "not-logged" not in err
+
+
+async def slow_endless_stream(url: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    host, port = url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(
+        b"POST /v1/lookup HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\n"
+        b"Accept: application/x-ndjson\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    return reader, writer
+
+
+async def feed(writer: asyncio.StreamWriter) -> None:
+    i = 0
+    while True:
+        chunk = b"".join(b"101 %d\n" % (j % 1000) for j in range(i, i + 25_000))
+        writer.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        i += 25_000
+
+
+@pytest.fixture
+async def feeder() -> AsyncIterator[list[asyncio.Task[None]]]:
+    tasks: list[asyncio.Task[None]] = []
+    yield tasks
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_shutdown_ends_a_stream_with_an_error_line(
+    database_url: str, feeder: list[asyncio.Task[None]]
+) -> None:
+    with run_server(database_url, EVENTINDEX_SHUTDOWN_GRACE_SECONDS="1") as server:
+        reader, writer = await slow_endless_stream(server.url)
+        feeder.append(asyncio.create_task(feed(writer)))
+        received = b""
+        while received.count(b"\n") < 60_000:
+            received += await asyncio.wait_for(reader.read(65536), 30)
+        # The client stops sending (a socket closed with unread input is reset) and
+        # the stream waits for more when the server is told to stop.
+        feeder[0].cancel()
+        await asyncio.gather(feeder[0], return_exceptions=True)
+        while writer.transport.get_write_buffer_size():
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)
+        server.proc.send_signal(signal.SIGTERM)
+        while True:
+            try:
+                data = await asyncio.wait_for(reader.read(65536), 30)
+            except ConnectionResetError:
+                break
+            if not data:
+                break
+            received += data
+        writer.transport.abort()
+        # uvicorn re-raises the signal once it has shut down cleanly.
+        assert await asyncio.to_thread(server.proc.wait, 20) in (0, -signal.SIGTERM)
+    assert b'{"error"' in received[-2000:], received[-500:]
+    tail = received[received.rindex(b'{"error"') :]
+    last = orjson.loads(tail[: tail.index(b"\n")])
+    assert last["error"]["type"] == "urn:eventindex:problem:shutting-down"
+    assert last["error"]["answered"] >= 60_000
+
+
+async def test_busy_pool_gives_503_with_retry_after(
+    database_url: str, feeder: list[asyncio.Task[None]]
+) -> None:
+    with run_server(
+        database_url,
+        EVENTINDEX_POOL_MAX_SIZE="2",
+        EVENTINDEX_STREAM_CONNECTIONS="2",
+        EVENTINDEX_POOL_ACQUIRE_TIMEOUT="1",
+        EVENTINDEX_SHUTDOWN_GRACE_SECONDS="2",
+    ) as server:
+        reader, writer = await slow_endless_stream(server.url)
+        feeder.append(asyncio.create_task(feed(writer)))
+        await asyncio.wait_for(reader.read(65536), 30)  # the stream holds both connections
+        async with httpx.AsyncClient(base_url=server.url, timeout=15) as client:
+            busy = await client.get("/v1/events/100/1")
+        feeder[0].cancel()
+        writer.transport.abort()
+    assert busy.status_code == 503
+    assert busy.headers["retry-after"] == "5"
+    assert busy.headers["content-type"].startswith("application/problem+json")
