@@ -13,13 +13,14 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from eventindex import __version__
+from eventindex.auth import Authenticator
 from eventindex.config import Settings
 from eventindex.db import create_pool
 from eventindex.metrics import Metrics
 from eventindex.problems import install_handlers
 from eventindex.ratelimit import RateLimit
 from eventindex.requestlog import RequestLog
-from eventindex.routes import catalogue, events, health, web
+from eventindex.routes import catalogue, events, health, tokens, web
 from eventindex.routes import metrics as metrics_routes
 from eventindex.schemas import LookupRequest
 
@@ -54,13 +55,18 @@ def create_app(settings: Settings) -> FastAPI:
                 log.warning("database pool did not close in time; terminating connections")
                 pool.terminate()
 
+    docs = settings.docs_enabled
     app = FastAPI(
         title="EventIndex",
         version=__version__,
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
+        openapi_url="/openapi.json" if docs else None,
         summary="Event catalogue of the SPD experiment: which raw file holds each event.",
         lifespan=lifespan,
     )
     app.state.metrics = metrics
+    app.state.auth = Authenticator(settings)
     install_handlers(app)
     if settings.rate_limit_per_second > 0:
         app.add_middleware(
@@ -69,6 +75,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(health.router)
     app.include_router(events.router)
     app.include_router(catalogue.router)
+    app.include_router(tokens.router)
     if settings.metrics_enabled:
         app.include_router(metrics_routes.router)
     web.mount(app)

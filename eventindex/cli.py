@@ -36,6 +36,8 @@ def resolve_database(settings: Settings) -> tuple[Settings, Any]:
     """The configured database, or an embedded one started now under data_dir."""
     if settings.database_url is not None:
         return settings, None
+    if settings.mode == "production":
+        raise CliError("production mode needs EVENTINDEX_DATABASE_URL (no embedded database)", 2)
     from eventindex import embedded
 
     try:
@@ -78,7 +80,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     settings = load_settings(
-        database_url=args.database_url, host=args.host, port=args.port, data_dir=args.data_dir
+        database_url=args.database_url,
+        host=args.host,
+        port=args.port,
+        data_dir=args.data_dir,
+        workers=args.workers,
+        ssl_certfile=args.ssl_certfile,
+        ssl_keyfile=args.ssl_keyfile,
+        ssl_ca_certs=args.ssl_ca_certs,
     )
     settings, _server = resolve_database(settings)
     assert settings.database_url is not None
@@ -91,7 +100,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         base = f"http://{settings.host}:{settings.port}"
         print(f"eventindex: try  curl {base}/v1/events/RUN/EVENT", file=sys.stderr)
     level = settings.log_level.value
-    configure_logging(level, settings.log_format == "json")
+    configure_logging(level, settings.json_logs)
     print(
         f"eventindex: serving on http://{settings.host}:{settings.port} "
         f"(API docs at http://{settings.host}:{settings.port}/docs)",
@@ -104,17 +113,95 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "log_config": None,  # logging is configured above
         "access_log": False,  # one line per request comes from the app, with its id
         "timeout_graceful_shutdown": settings.shutdown_grace_seconds,
+        "proxy_headers": True,
+        "forwarded_allow_ips": settings.forwarded_allow_ips,
+        **tls_options(settings),
     }
-    if args.reload:
-        os.environ["EVENTINDEX_DATABASE_URL"] = settings.database_url
+    if args.reload or settings.workers > 1:
+        # Each worker (or reloaded process) builds its app from the environment.
+        for name, value in settings.model_dump(exclude_none=True, mode="json").items():
+            if name in ("database_url", "data_dir", "ssl_certfile", "ssl_keyfile", "ssl_ca_certs"):
+                os.environ["EVENTINDEX_" + name.upper()] = str(value)
         uvicorn.run(
-            "eventindex.app:app_from_environment", factory=True, reload=True, **server_options
+            "eventindex.app:app_from_environment",
+            factory=True,
+            reload=args.reload,
+            workers=None if args.reload else settings.workers,
+            **server_options,
         )
         return 0
     from eventindex.app import create_app
 
     uvicorn.run(create_app(settings), **server_options)
     return 0
+
+
+def tls_options(settings: Settings) -> dict[str, Any]:
+    if settings.ssl_certfile is None:
+        return {}
+    import ssl
+
+    for path in (settings.ssl_certfile, settings.ssl_keyfile, settings.ssl_ca_certs):
+        if path is not None and not path.is_file():
+            raise CliError(f"{path}: no such file (TLS settings)", 2)
+    options: dict[str, Any] = {
+        "ssl_certfile": str(settings.ssl_certfile),
+        "ssl_keyfile": str(settings.ssl_keyfile),
+    }
+    if settings.ssl_ca_certs is not None:
+        options["ssl_ca_certs"] = str(settings.ssl_ca_certs)
+        options["ssl_cert_reqs"] = (
+            ssl.CERT_REQUIRED if settings.ssl_client_cert_required else ssl.CERT_OPTIONAL
+        )
+    return options
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    from eventindex import tokens
+
+    settings, _server = resolve_database(load_settings(database_url=args.database_url))
+    assert settings.database_url is not None
+    url = settings.database_url
+
+    async def run() -> int:
+        import asyncpg
+
+        try:
+            conn = await asyncpg.connect(url, timeout=10)
+        except (OSError, asyncpg.PostgresError) as exc:
+            raise CliError(f"cannot connect to the database: {exc}") from None
+        try:
+            if args.token_command == "create":
+                expires = tokens.parse_expiry(args.expires)
+                token, record = await tokens.create(conn, args.name, args.scope, expires)
+                when = record["expires_at"].isoformat() if record["expires_at"] else "never"
+                print(
+                    f"created token {record['name']} (scopes {','.join(record['scopes'])}; "
+                    f"expires {when}); it is shown only now:"
+                )
+                print(token)
+            elif args.token_command == "list":
+                for r in await tokens.list_all(conn):
+                    state = "revoked" if r["revoked_at"] else "active"
+                    until = r["expires_at"].isoformat() if r["expires_at"] else "never"
+                    used = r["last_used_at"].isoformat() if r["last_used_at"] else "never"
+                    print(
+                        f"{r['name']}\t{','.join(r['scopes'])}\t{state}\t"
+                        f"expires {until}\tlast used {used}"
+                    )
+            elif not await tokens.revoke(conn, args.name):
+                raise CliError(f"no active token named {args.name!r}")
+            else:
+                print(f"revoked token {args.name}")
+        except tokens.TokenError as exc:
+            raise CliError(str(exc)) from None
+        except asyncpg.UndefinedTableError:
+            raise CliError("the database is not migrated: run 'eventindex migrate'") from None
+        finally:
+            await conn.close()
+        return 0
+
+    return asyncio.run(run())
 
 
 DEMO_EVENTS = 1_000_000
@@ -191,6 +278,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--migrate", action="store_true", help="apply pending migrations first")
     p.add_argument("--reload", action="store_true", help="restart on code changes (development)")
     p.add_argument(
+        "--workers", type=int, help="worker processes (default: EVENTINDEX_WORKERS or 1)"
+    )
+    p.add_argument("--ssl-certfile", help="serve HTTPS with this certificate (PEM)")
+    p.add_argument("--ssl-keyfile", help="the certificate's private key (PEM)")
+    p.add_argument("--ssl-ca-certs", help="CA bundle to verify client certificates against")
+    p.add_argument(
         "--demo",
         action="store_true",
         help=f"load a demo catalogue ({DEMO_EVENTS:,} pseudo events) when the catalogue is empty",
@@ -207,6 +300,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     pick.add_arguments(p)
     p.set_defaults(func=pick.run)
+
+    p = sub.add_parser("token", help="manage API tokens (create, list, revoke)")
+    p.add_argument("--database-url", help="PostgreSQL URL (default: EVENTINDEX_DATABASE_URL)")
+    token_sub = p.add_subparsers(dest="token_command", required=True, metavar="ACTION")
+    t = token_sub.add_parser("create", help="create a token; prints it alone on the last line")
+    t.add_argument("--name", required=True)
+    t.add_argument(
+        "--scope",
+        action="append",
+        required=True,
+        choices=("read", "write", "admin"),
+        help="read (lookups), write (loading), admin (tokens); repeat for several",
+    )
+    t.add_argument("--expires", help="e.g. 30d, 12h, 45m, or an ISO date (default: never)")
+    token_sub.add_parser("list", help="list tokens (never their secrets)")
+    t = token_sub.add_parser("revoke", help="revoke a token by name")
+    t.add_argument("name")
+    p.set_defaults(func=cmd_token)
 
     p = sub.add_parser(
         "generate", help="write pseudo events as CSV (python -m tools.gen_data; see --help)"

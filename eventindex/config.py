@@ -20,6 +20,19 @@ class LogLevel(StrEnum):
     ERROR = "error"
 
 
+class Mode(StrEnum):
+    DEVELOPMENT = "development"
+    PRODUCTION = "production"
+
+
+def _default_scope_map() -> dict[str, list[str]]:
+    return {
+        "eventindex:read": ["read"],
+        "eventindex:write": ["read", "write"],
+        "eventindex:admin": ["read", "write", "admin"],
+    }
+
+
 class Settings(BaseSettings):
     """Every setting has an ``EVENTINDEX_`` environment variable of the same name."""
 
@@ -33,6 +46,36 @@ class Settings(BaseSettings):
         default=Path(".eventindex"),
         description="Where the embedded PostgreSQL keeps its data when database_url is unset",
     )
+    mode: Mode = Field(
+        default=Mode.DEVELOPMENT,
+        description="production: authentication required, JSON logs; development: open",
+    )
+    auth_required: bool | None = Field(
+        default=None, description="require a credential on /v1 (default: in production mode)"
+    )
+    docs_enabled: bool = Field(default=True, description="serve /docs and /openapi.json")
+    oidc_issuer: str | None = Field(default=None, description="JWT issuer (iss) to accept")
+    oidc_audience: str | None = Field(default=None, description="JWT audience (aud) to accept")
+    oidc_jwks_url: str | None = Field(default=None, description="where the issuer's keys are")
+    oidc_scope_claim: str = Field(default="scope", description="claim holding scopes or groups")
+    oidc_jwks_refresh_cooldown: Annotated[float, Field(ge=0)] = Field(
+        default=30.0,
+        description="least seconds between refetches of the keys for an unknown key id",
+    )
+    oidc_scope_map: dict[str, list[str]] = Field(
+        default_factory=_default_scope_map,
+        description="claim value -> EventIndex scopes (read, write, admin)",
+    )
+    ssl_certfile: Path | None = Field(default=None, description="serve HTTPS with this cert")
+    ssl_keyfile: Path | None = Field(default=None, description="the certificate's key")
+    ssl_ca_certs: Path | None = Field(
+        default=None, description="CA bundle to verify client certificates against"
+    )
+    ssl_client_cert_required: bool = False
+    forwarded_allow_ips: str = Field(
+        default="127.0.0.1", description="proxies whose X-Forwarded-* headers are trusted"
+    )
+    workers: Annotated[int, Field(ge=1, le=64)] = 1
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 8000
     pool_min_size: Annotated[int, Field(ge=0)] = 1
@@ -50,8 +93,10 @@ class Settings(BaseSettings):
     )
     rate_limit_burst: Annotated[int, Field(ge=1)] = 20
     log_level: LogLevel = LogLevel.INFO
-    log_format: Literal["text", "json"] = Field(
-        default="text", description="text for people, json (one object per line) for machines"
+    log_format: Literal["text", "json"] | None = Field(
+        default=None,
+        description="text for people, json (one object per line) for machines "
+        "(default: json in production)",
     )
     metrics_enabled: bool = Field(default=True, description="serve Prometheus metrics at /metrics")
     metrics_token: SecretStr | None = Field(
@@ -61,7 +106,34 @@ class Settings(BaseSettings):
         default=30, description="on SIGTERM, how long running requests may take to finish"
     )
 
+    @property
+    def auth_enabled(self) -> bool:
+        if self.auth_required is not None:
+            return self.auth_required
+        return self.mode == Mode.PRODUCTION
+
+    @property
+    def json_logs(self) -> bool:
+        if self.log_format is not None:
+            return self.log_format == "json"
+        return self.mode == Mode.PRODUCTION
+
+    @property
+    def oidc_enabled(self) -> bool:
+        return self.oidc_jwks_url is not None
+
     @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        oidc = (self.oidc_issuer, self.oidc_audience, self.oidc_jwks_url)
+        if any(oidc) and not all(oidc):
+            raise ValueError("oidc_issuer, oidc_audience and oidc_jwks_url go together")
+        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
+            raise ValueError("ssl_certfile and ssl_keyfile go together")
+        for scopes in self.oidc_scope_map.values():
+            if not set(scopes) <= {"read", "write", "admin"}:
+                raise ValueError("oidc_scope_map maps to the scopes read, write and admin")
+        return self._pool_sizes()
+
     def _pool_sizes(self) -> Settings:
         if self.pool_min_size > self.pool_max_size:
             raise ValueError("pool_min_size must not exceed pool_max_size")

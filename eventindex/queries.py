@@ -218,3 +218,34 @@ FROM event_duplicates WHERE conflicting
 """
 
 PREVIOUS_LOAD = "SELECT id FROM loads WHERE content_sha256 = $1 ORDER BY id LIMIT 1"
+
+# --- API tokens -----------------------------------------------------------------
+
+CREATE_TOKEN = """
+INSERT INTO api_tokens (name, token_sha256, scopes, expires_at)
+VALUES ($1, $2, $3, $4)
+RETURNING name, scopes, created_at, expires_at
+"""
+
+# The token's record if it may be used now; marks it used (at most once a minute).
+USE_TOKEN = """
+WITH found AS (
+    SELECT id, name, scopes, last_used_at FROM api_tokens
+    WHERE token_sha256 = $1 AND revoked_at IS NULL
+      AND (expires_at IS NULL OR expires_at > now())
+), touched AS (
+    UPDATE api_tokens AS t SET last_used_at = now()
+    FROM found AS f
+    WHERE t.id = f.id AND (f.last_used_at IS NULL OR f.last_used_at < now() - interval '1 minute')
+)
+SELECT name, scopes FROM found
+"""
+
+LIST_TOKENS = """
+SELECT name, scopes, created_at, expires_at, last_used_at, revoked_at
+FROM api_tokens ORDER BY name
+"""
+
+REVOKE_TOKEN = """
+UPDATE api_tokens SET revoked_at = now() WHERE name = $1 AND revoked_at IS NULL RETURNING name
+"""

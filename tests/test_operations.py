@@ -77,8 +77,12 @@ def test_json_access_log_line(database_url: str) -> None:
         httpx.post(
             url + "/v1/lookup",
             json={"pairs": [[100, 1], [100, 2]]},
-            headers={"x-request-id": "pick-1", "authorization": "Bearer not-logged"},
+            headers={"x-request-id": "pick-1"},
         )
+        refused = httpx.get(
+            url + "/v1/events/100/1", headers={"authorization": "Bearer ei_not-logged"}
+        )
+        assert refused.status_code == 401
     finally:
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=20)

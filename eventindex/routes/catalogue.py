@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 
 from eventindex import queries
+from eventindex.auth import require
 from eventindex.db import PoolDep, SettingsDep, acquire
 from eventindex.schemas import Dataset, OltBit
 
-router = APIRouter(prefix="/v1", tags=["catalogue"])
+router = APIRouter(prefix="/v1", tags=["catalogue"], dependencies=[Depends(require("read"))])
 
 
 @router.get("/datasets", response_model=list[Dataset], summary="All datasets")

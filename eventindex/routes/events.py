@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 import orjson
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import Response
 from pydantic import ValidationError
 
 from eventindex import lookup
+from eventindex.auth import require
 from eventindex.config import MAX_EVENT_NUMBER, MAX_RUN_NUMBER, Settings
 from eventindex.db import PoolDep, SettingsDep
 from eventindex.pairs import PairParser, PairSyntaxError
@@ -17,7 +18,7 @@ from eventindex.problems import Problem, validation_problem
 from eventindex.schemas import Event, LookupResponse, ProblemDetail, parse_lookup_request
 from eventindex.streaming import NDJSON, LookupStream, syntax_problem
 
-router = APIRouter(prefix="/v1", tags=["event picking"])
+router = APIRouter(prefix="/v1", tags=["event picking"], dependencies=[Depends(require("read"))])
 
 _PROBLEM: dict[str, Any] = {"model": ProblemDetail, "content": {"application/problem+json": {}}}
 _LINE_TYPES = {
@@ -34,7 +35,7 @@ _LINE_TYPES = {
     "/events/{run_number}/{event_number}",
     response_model=Event,
     summary="One event: its file, dataset and Online Filter decisions",
-    responses={404: _PROBLEM, 422: _PROBLEM, 503: _PROBLEM},
+    responses={401: _PROBLEM, 403: _PROBLEM, 404: _PROBLEM, 422: _PROBLEM, 503: _PROBLEM},
 )
 async def get_event(
     run_number: Annotated[int, Path(ge=0, le=MAX_RUN_NUMBER, examples=[1234])],

@@ -32,6 +32,12 @@ async function loadCatalogue() {
       fetch("/v1/datasets", { headers: authHeaders() }),
       fetch("/v1/online-filter/bits", { headers: authHeaders() }),
     ]);
+    if (ds.status === 401 || ds.status === 403) {
+      $("catalogue-status").textContent =
+        "This service needs an API token with the read scope: enter it under \"API token\".";
+      $("token-box").open = true;
+      return true;
+    }
     if (!ds.ok || !bits.ok) throw new Error("status " + (ds.ok ? bits.status : ds.status));
     state.datasets = new Map((await ds.json()).map((d) => [d.id, d.name]));
     state.bits = await bits.json();
