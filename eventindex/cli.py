@@ -204,6 +204,57 @@ def cmd_token(args: argparse.Namespace) -> int:
     return asyncio.run(run())
 
 
+EXIT_PROBLEMS = 4
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """The consistency report, for people or a cron job (exit 4 when there are problems)."""
+    import asyncpg
+    import orjson
+
+    from eventindex import catalogue
+    from eventindex.problems import Problem
+
+    settings, _server = resolve_database(load_settings(database_url=args.database_url))
+    assert settings.database_url is not None
+    url = settings.database_url
+
+    async def run() -> list[dict[str, Any]]:
+        try:
+            conn = await asyncpg.connect(url, timeout=10)
+        except (OSError, asyncpg.PostgresError) as exc:
+            raise CliError(f"cannot connect to the database: {exc}") from None
+        try:
+            ids = args.dataset or [
+                r["id"] for r in await catalogue.dataset_page(conn, None, -1, 1_000_000)
+            ]
+            return [await catalogue.consistency(conn, d, args.gaps, args.limit) for d in ids]
+        except Problem as exc:
+            raise CliError(exc.detail) from None
+        except asyncpg.UndefinedTableError:
+            raise CliError("the database is not migrated: run 'eventindex migrate'") from None
+        finally:
+            await conn.close()
+
+    reports = asyncio.run(run())
+    if args.json:
+        print(orjson.dumps(reports, default=str).decode())
+    for r in reports:
+        if args.json:
+            break
+        d = r["dataset"]
+        line = f"dataset {d['id']} {d['name']}: {r['status']}"
+        if r["problems"]:
+            line += (
+                f" ({len(r['files_with_wrong_counts'])} files with wrong counts, "
+                f"{r['conflicting_duplicates']['total']} conflicting duplicates"
+                + (f", {len(r['gaps'])} gaps" if "gaps" in r else "")
+                + ")"
+            )
+        print(line)
+    return EXIT_PROBLEMS if any(r["problems"] for r in reports) else 0
+
+
 DEMO_EVENTS = 1_000_000
 
 
@@ -300,6 +351,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     pick.add_arguments(p)
     p.set_defaults(func=pick.run)
+
+    p = sub.add_parser(
+        "check",
+        help="consistency report per dataset (exit 4 when there are problems)",
+        description="Files whose event count differs from the events found, conflicting "
+        "duplicates the loader skipped, and with --gaps gaps in event numbering. Exit codes: "
+        "0 consistent, 4 problems found, 1 error, 2 usage.",
+    )
+    p.add_argument("--database-url", help="PostgreSQL URL (default: EVENTINDEX_DATABASE_URL)")
+    p.add_argument("--dataset", type=int, action="append", help="dataset id (default: all)")
+    p.add_argument("--gaps", action="store_true", help="also list gaps in event numbering")
+    p.add_argument("--limit", type=int, default=100, help="most items listed per kind")
+    p.add_argument("--json", action="store_true", help="print the reports as JSON")
+    p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("token", help="manage API tokens (create, list, revoke)")
     p.add_argument("--database-url", help="PostgreSQL URL (default: EVENTINDEX_DATABASE_URL)")

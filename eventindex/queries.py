@@ -249,3 +249,152 @@ FROM api_tokens ORDER BY name
 REVOKE_TOKEN = """
 UPDATE api_tokens SET revoked_at = now() WHERE name = $1 AND revoked_at IS NULL RETURNING name
 """
+
+# --- catalogue (answered from the summaries `files` and `run_olt_counts`) -----------
+
+DATASET_PAGE = """
+SELECT d.id, d.name, d.data_type, d.description, d.created_at,
+       coalesce(f.n_events, 0) AS n_events, coalesce(f.n_files, 0) AS n_files,
+       f.first_run, f.last_run, f.first_loaded_at, f.last_loaded_at
+FROM datasets AS d
+LEFT JOIN LATERAL (
+    SELECT sum(n_events)::bigint AS n_events, count(*) AS n_files,
+           min(run_number) AS first_run, max(run_number) AS last_run,
+           min(first_loaded_at) AS first_loaded_at, max(last_loaded_at) AS last_loaded_at
+    FROM files WHERE files.dsid_raw = d.id
+) AS f ON true
+WHERE ($1::integer IS NULL OR d.id = $1) AND d.id > $2
+ORDER BY d.id
+LIMIT $3
+"""
+
+FILE_INFO = """
+SELECT f.fuid_raw::text AS fuid_raw, f.dsid_raw, d.name AS dataset, f.run_number, f.n_events,
+       f.first_event, f.last_event, f.first_loaded_at, f.last_loaded_at
+FROM files AS f LEFT JOIN datasets AS d ON d.id = f.dsid_raw
+WHERE f.fuid_raw = $1
+"""
+
+DATASET_FILES_PAGE = """
+SELECT f.fuid_raw::text AS fuid_raw, f.dsid_raw, f.run_number, f.n_events, f.first_event,
+       f.last_event, f.first_loaded_at, f.last_loaded_at
+FROM files AS f
+WHERE f.dsid_raw = $1 AND (f.run_number, f.fuid_raw) > ($2, $3::uuid)
+ORDER BY f.run_number, f.fuid_raw
+LIMIT $4
+"""
+
+# A file's events lie in its run between its first and last event: a range of the key.
+FILE_EVENTS = """
+SELECT run_number, event_number, olt_result
+FROM events
+WHERE run_number = $1 AND event_number BETWEEN $2 AND $3 AND fuid_raw = $4
+ORDER BY event_number
+"""
+
+RUN_PAGE = """
+SELECT c.run_number, sum(c.n_events)::bigint AS n_events,
+       array_agg(DISTINCT c.dsid_raw) AS datasets,
+       (SELECT count(*) FROM files AS f WHERE f.run_number = c.run_number) AS n_files
+FROM run_olt_counts AS c
+WHERE c.run_number > $1 AND ($2::integer IS NULL OR c.dsid_raw = $2)
+GROUP BY c.run_number
+ORDER BY c.run_number
+LIMIT $3
+"""
+
+RUN_DECISIONS = """
+SELECT b.bit, b.name,
+       coalesce(sum(c.n_events) FILTER (WHERE c.olt_result & (1 << b.bit) <> 0), 0)::bigint
+           AS n_events
+FROM olt_bits AS b CROSS JOIN run_olt_counts AS c
+WHERE c.run_number = $1
+GROUP BY b.bit, b.name
+ORDER BY b.bit
+"""
+
+# The scope of a selection: $1..$2 run range, $3 dataset (or NULL), and a bit expression:
+# every bit of $4, at least one bit of $5 (if any), no bit of $6.
+_SELECTION_SCOPE = """
+run_number BETWEEN $1 AND $2 AND ($3::integer IS NULL OR dsid_raw = $3)
+AND (olt_result & $4) = $4 AND ($5 = 0 OR (olt_result & $5) <> 0) AND (olt_result & $6) = 0
+"""
+
+SELECTION_COUNT = f"""
+SELECT CASE $7 WHEN 'run' THEN run_number WHEN 'dataset' THEN dsid_raw END AS key,
+       sum(n_events)::bigint AS n_events
+FROM run_olt_counts
+WHERE {_SELECTION_SCOPE}
+GROUP BY 1
+ORDER BY 1
+"""
+
+# Rows after the (run, event) key $7/$8, in key order: a range scan of the primary key.
+SELECTION_EVENTS = f"""
+SELECT run_number, event_number, olt_result, dsid_raw, fuid_raw::text AS fuid_raw
+FROM events
+WHERE {_SELECTION_SCOPE} AND (run_number, event_number) > ($7, $8)
+ORDER BY run_number, event_number
+"""
+
+DATASET_RUN_RANGE = "SELECT min(run_number), max(run_number) FROM files WHERE dsid_raw = $1"
+
+OVERLAP = """
+SELECT a.bit AS bit_a, b.bit AS bit_b, sum(c.n_events)::bigint AS n_events
+FROM run_olt_counts AS c
+JOIN olt_bits AS a ON (c.olt_result & (1 << a.bit)) <> 0
+JOIN olt_bits AS b ON (c.olt_result & (1 << b.bit)) <> 0
+WHERE c.run_number BETWEEN $1 AND $2 AND ($3::integer IS NULL OR c.dsid_raw = $3)
+GROUP BY a.bit, b.bit
+"""
+
+SCOPE_TOTAL = """
+SELECT coalesce(sum(n_events), 0)::bigint FROM run_olt_counts
+WHERE run_number BETWEEN $1 AND $2 AND ($3::integer IS NULL OR dsid_raw = $3)
+"""
+
+DATASET_EXISTS = "SELECT name FROM datasets WHERE id = $1"
+
+# --- consistency ------------------------------------------------------------------
+
+# Files whose recorded count differs from the events found in their key range.
+FILE_COUNT_MISMATCHES = """
+SELECT f.fuid_raw::text AS fuid_raw, f.run_number, f.n_events AS recorded, e.found
+FROM files AS f
+CROSS JOIN LATERAL (
+    SELECT count(*) AS found FROM events AS x
+    WHERE x.run_number = f.run_number AND x.event_number BETWEEN f.first_event AND f.last_event
+      AND x.fuid_raw = f.fuid_raw
+) AS e
+WHERE f.dsid_raw = $1 AND e.found <> f.n_events
+ORDER BY f.run_number, f.fuid_raw
+LIMIT $2
+"""
+
+DATASET_CONFLICTS = """
+SELECT count(*) OVER () AS total, c.line, l.source, c.run_number, c.event_number,
+       c.fuid_raw::text AS fuid_raw, c.existing_fuid_raw::text AS existing_fuid_raw
+FROM load_conflicts AS c JOIN loads AS l ON l.id = c.load_id
+WHERE c.dsid_raw = $1 OR c.existing_dsid_raw = $1
+ORDER BY c.load_id, c.line
+LIMIT $2
+"""
+
+LOADS_WITH_DUPLICATES = """
+SELECT id, source, finished_at, duplicates_skipped, conflicts_skipped FROM loads
+WHERE duplicates_skipped > 0 OR conflicts_skipped > 0
+ORDER BY id
+"""
+
+EVENT_GAPS = """
+SELECT run_number, event_number AS after_event, next_event - event_number - 1 AS missing
+FROM (
+    SELECT run_number, event_number,
+           lead(event_number) OVER (PARTITION BY run_number ORDER BY event_number) AS next_event
+    FROM events
+    WHERE run_number IN (SELECT DISTINCT run_number FROM files WHERE dsid_raw = $1)
+) AS e
+WHERE next_event > event_number + 1
+ORDER BY run_number, event_number
+LIMIT $2
+"""

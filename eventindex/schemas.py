@@ -145,3 +145,82 @@ class Readiness(BaseModel):
     status: str
     database: str
     pending_migrations: list[str]
+
+
+class DatasetSummary(Dataset):
+    n_events: int
+    n_files: int
+    first_run: int | None
+    last_run: int | None
+    first_loaded_at: datetime | None
+    last_loaded_at: datetime | None
+
+
+class DatasetPage(BaseModel):
+    items: list[DatasetSummary]
+    next_after: int | None = Field(description="Pass as ?after= for the next page; null at the end")
+
+
+class FileInfo(BaseModel):
+    fuid_raw: UUID
+    dsid_raw: int
+    run_number: int
+    n_events: int
+    first_event: int
+    last_event: int
+    first_loaded_at: datetime
+    last_loaded_at: datetime
+    dataset: str | None = None
+
+
+class FileCursor(BaseModel):
+    after_run: int
+    after_fuid: UUID
+
+
+class FilePage(BaseModel):
+    items: list[FileInfo]
+    next: FileCursor | None
+
+
+class RunSummary(BaseModel):
+    run_number: int
+    n_events: int
+    n_files: int
+    datasets: list[int]
+
+
+class RunPage(BaseModel):
+    items: list[RunSummary]
+    next_after: int | None
+
+
+class DecisionCount(BaseModel):
+    bit: int
+    name: str
+    n_events: int
+
+
+class RunDetail(RunSummary):
+    decisions: list[DecisionCount]
+
+
+class SelectionCount(BaseModel):
+    n_events: int
+    groups: list[dict[str, int]] | None = None
+
+
+class Overlap(BaseModel):
+    decisions: list[str]
+    matrix: list[list[int]] = Field(
+        description="matrix[i][j]: events that passed both decision i and decision j"
+    )
+    n_events: int
+
+
+class ConsistencyReport(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    dataset: dict[str, Any]
+    status: str
+    problems: int

@@ -322,7 +322,7 @@ async def test_invalid_mode_value_is_422(client: httpx.AsyncClient) -> None:
 
 
 async def test_catalogue_names(client: httpx.AsyncClient) -> None:
-    datasets = (await client.get("/v1/datasets")).json()
+    datasets = (await client.get("/v1/datasets")).json()["items"]
     assert [(d["id"], d["name"]) for d in datasets] == [
         (1, "spd.test.raw.a"),
         (2, "spd.test.raw.b"),

@@ -1,23 +1,245 @@
-"""What the catalogue holds: datasets and the names of the Online Filter decisions."""
+"""What the catalogue holds: datasets, files, runs, Online Filter counts and overlaps,
+selections by decision, and the consistency report."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, Literal
+from uuid import UUID
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Path, Query
+from fastapi.responses import StreamingResponse
 
-from eventindex import queries
+from eventindex import catalogue, queries
 from eventindex.auth import require
+from eventindex.config import MAX_EVENT_NUMBER, MAX_RUN_NUMBER
 from eventindex.db import PoolDep, SettingsDep, acquire
-from eventindex.schemas import Dataset, OltBit
+from eventindex.problems import Problem
+from eventindex.schemas import (
+    ConsistencyReport,
+    DatasetPage,
+    DatasetSummary,
+    FileInfo,
+    FilePage,
+    OltBit,
+    Overlap,
+    ProblemDetail,
+    RunDetail,
+    RunPage,
+    SelectionCount,
+)
 
 router = APIRouter(prefix="/v1", tags=["catalogue"], dependencies=[Depends(require("read"))])
 
+NDJSON = "application/x-ndjson"
+_NIL_UUID = UUID(int=0)
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ProblemDetail} for code in (401, 403, 404, 422, 503)
+}
+_NDJSON_DOC: dict[int | str, dict[str, Any]] = {
+    200: {"content": {NDJSON: {"schema": {"type": "string"}}}, "description": "NDJSON lines"},
+    **_ERRORS,
+}
 
-@router.get("/datasets", response_model=list[Dataset], summary="All datasets")
-async def list_datasets(pool: PoolDep, settings: SettingsDep) -> Any:
+Run = Annotated[int, Path(ge=0, le=MAX_RUN_NUMBER)]
+DatasetId = Annotated[int, Path(ge=0, le=MAX_RUN_NUMBER)]
+Limit = Annotated[int, Query(ge=1, le=1000)]
+RunMin = Annotated[int | None, Query(ge=0, le=MAX_RUN_NUMBER)]
+DatasetFilter = Annotated[int | None, Query(ge=0, le=MAX_RUN_NUMBER)]
+Bits = Annotated[str | None, Query(max_length=1000, description="decision names, comma-separated")]
+
+
+@router.get("/datasets", response_model=DatasetPage, responses=_ERRORS)
+async def list_datasets(
+    pool: PoolDep,
+    settings: SettingsDep,
+    after: Annotated[int, Query(ge=-1, le=MAX_RUN_NUMBER)] = -1,
+    limit: Limit = 100,
+) -> Any:
+    """Datasets with event and file counts, run range and load times, by id."""
     async with acquire(pool, settings.pool_acquire_timeout) as conn:
-        return [dict(r) for r in await conn.fetch(queries.LIST_DATASETS)]
+        items = await catalogue.dataset_page(conn, None, after, limit)
+    return {"items": items, "next_after": items[-1]["id"] if len(items) == limit else None}
+
+
+@router.get("/datasets/{dataset}", response_model=DatasetSummary, responses=_ERRORS)
+async def get_dataset(dataset: DatasetId, pool: PoolDep, settings: SettingsDep) -> Any:
+    async with acquire(pool, settings.pool_acquire_timeout) as conn:
+        items = await catalogue.dataset_page(conn, dataset, -1, 1)
+    if not items:
+        raise Problem(404, "dataset-not-found", "Dataset not found", f"No dataset {dataset}.")
+    return items[0]
+
+
+@router.get("/datasets/{dataset}/files", response_model=FilePage, responses=_ERRORS)
+async def list_dataset_files(
+    dataset: DatasetId,
+    pool: PoolDep,
+    settings: SettingsDep,
+    after_run: Annotated[int, Query(ge=-1, le=MAX_RUN_NUMBER)] = -1,
+    after_fuid: UUID = _NIL_UUID,
+    limit: Limit = 100,
+) -> Any:
+    """The dataset's files by run, then UUID; pass ``next`` back for the following page."""
+    async with acquire(pool, settings.pool_acquire_timeout) as conn:
+        rows = await conn.fetch(queries.DATASET_FILES_PAGE, dataset, after_run, after_fuid, limit)
+    items = [dict(r) for r in rows]
+    last = items[-1] if len(items) == limit else None
+    following = {"after_run": last["run_number"], "after_fuid": last["fuid_raw"]} if last else None
+    return {"items": items, "next": following}
+
+
+@router.get("/datasets/{dataset}/consistency", response_model=ConsistencyReport, responses=_ERRORS)
+async def dataset_consistency(
+    dataset: DatasetId,
+    pool: PoolDep,
+    settings: SettingsDep,
+    gaps: bool = False,
+    limit: Limit = 100,
+) -> Any:
+    """Files whose recorded event count differs from the events found, conflicting
+    duplicates the loader skipped, loads that met duplicates, and (``gaps=true``) gaps in
+    event numbering per run. Scans the dataset's events."""
+    async with acquire(pool, settings.pool_acquire_timeout) as conn:
+        return await catalogue.consistency(conn, dataset, gaps, limit)
+
+
+@router.get("/files/{fuid}", response_model=FileInfo, responses=_ERRORS)
+async def get_file(fuid: UUID, pool: PoolDep, settings: SettingsDep) -> Any:
+    async with acquire(pool, settings.pool_acquire_timeout) as conn:
+        row = await conn.fetchrow(queries.FILE_INFO, fuid)
+    if row is None:
+        raise Problem(404, "file-not-found", "File not found", f"No file {fuid} in the catalogue.")
+    return dict(row)
+
+
+@router.get("/files/{fuid}/events", response_class=StreamingResponse, responses=_NDJSON_DOC)
+async def file_events(fuid: UUID, pool: PoolDep, settings: SettingsDep) -> StreamingResponse:
+    """The file's events (run, event, decisions) as NDJSON, in event order."""
+    async with acquire(pool, settings.pool_acquire_timeout) as conn:
+        info = await conn.fetchrow(queries.FILE_INFO, fuid)
+    if info is None:
+        raise Problem(404, "file-not-found", "File not found", f"No file {fuid} in the catalogue.")
+    stack, conn = await catalogue.open_stream(pool, settings.pool_acquire_timeout)
+    rows = catalogue.stream_rows(
+        stack,
+        conn,
+        queries.FILE_EVENTS,
+        info["run_number"],
+        info["first_event"],
+        info["last_event"],
+        fuid,
+    )
+    return StreamingResponse(rows, media_type=NDJSON)
+
+
+@router.get("/runs", response_model=RunPage, responses=_ERRORS)
+async def list_runs(
+    pool: PoolDep,
+    settings: SettingsDep,
+    after: Annotated[int, Query(ge=-1, le=MAX_RUN_NUMBER)] = -1,
+    dataset: DatasetFilter = None,
+    limit: Limit = 100,
+) -> Any:
+    """Runs with their event and file counts and datasets, by run number."""
+    async with acquire(pool, settings.pool_acquire_timeout) as conn:
+        items = [dict(r) for r in await conn.fetch(queries.RUN_PAGE, after, dataset, limit)]
+    return {"items": items, "next_after": items[-1]["run_number"] if len(items) == limit else None}
+
+
+@router.get("/runs/{run}", response_model=RunDetail, responses=_ERRORS)
+async def get_run(run: Run, pool: PoolDep, settings: SettingsDep) -> Any:
+    """A run's counts, and how many of its events each Online Filter decision selected."""
+    async with acquire(pool, settings.pool_acquire_timeout) as conn:
+        page = await conn.fetch(queries.RUN_PAGE, run - 1, None, 1)
+        if not page or page[0]["run_number"] != run:
+            raise Problem(404, "run-not-found", "Run not found", f"No events of run {run}.")
+        decisions = [dict(r) for r in await conn.fetch(queries.RUN_DECISIONS, run)]
+    return {**dict(page[0]), "decisions": decisions}
+
+
+async def _selection(
+    conn: Any,
+    run_min: int | None,
+    run_max: int | None,
+    dataset: int | None,
+    all_of: str | None,
+    any_of: str | None,
+    none_of: str | None,
+) -> tuple[catalogue.Scope, catalogue.BitExpression]:
+    names = await catalogue.bit_names(conn)
+    bits = catalogue.BitExpression(
+        catalogue.parse_bits(names, all_of, "all"),
+        catalogue.parse_bits(names, any_of, "any"),
+        catalogue.parse_bits(names, none_of, "none"),
+    )
+    return await catalogue.make_scope(conn, run_min, run_max, dataset), bits
+
+
+@router.get("/selection/count", response_model=SelectionCount, responses=_ERRORS)
+async def selection_count(
+    pool: PoolDep,
+    settings: SettingsDep,
+    run_min: RunMin = None,
+    run_max: RunMin = None,
+    dataset: DatasetFilter = None,
+    all: Bits = None,
+    any: Bits = None,
+    none: Bits = None,
+    group_by: Literal["none", "run", "dataset"] = "none",
+) -> Any:
+    """How many events of a run range and/or dataset passed every decision of ``all``, at
+    least one of ``any`` and none of ``none``; optionally per run or dataset. From the
+    summaries: no scan of events."""
+    async with acquire(pool, settings.pool_acquire_timeout) as conn:
+        scope, bits = await _selection(conn, run_min, run_max, dataset, all, any, none)
+        return await catalogue.selection_count(conn, scope, bits, group_by)
+
+
+@router.get("/selection/events", response_class=StreamingResponse, responses=_NDJSON_DOC)
+async def selection_events(
+    pool: PoolDep,
+    settings: SettingsDep,
+    run_min: RunMin = None,
+    run_max: RunMin = None,
+    dataset: DatasetFilter = None,
+    all: Bits = None,
+    any: Bits = None,
+    none: Bits = None,
+    after_run: Annotated[int, Query(ge=-1, le=MAX_RUN_NUMBER)] = -1,
+    after_event: Annotated[int, Query(ge=-1, le=MAX_EVENT_NUMBER)] = -1,
+) -> StreamingResponse:
+    """The selected events as NDJSON in (run, event) order; to resume, pass the last
+    delivered run and event as ``after_run``/``after_event``. Scans the run range."""
+    async with acquire(pool, settings.pool_acquire_timeout) as conn:
+        scope, bits = await _selection(conn, run_min, run_max, dataset, all, any, none)
+    stack, conn = await catalogue.open_stream(pool, settings.pool_acquire_timeout)
+    rows = catalogue.stream_rows(
+        stack,
+        conn,
+        queries.SELECTION_EVENTS,
+        *scope.args(),
+        bits.all,
+        bits.any,
+        bits.none,
+        after_run,
+        after_event,
+    )
+    return StreamingResponse(rows, media_type=NDJSON)
+
+
+@router.get("/online-filter/overlap", response_model=Overlap, responses=_ERRORS)
+async def decision_overlap(
+    pool: PoolDep,
+    settings: SettingsDep,
+    run_min: RunMin = None,
+    run_max: RunMin = None,
+    dataset: DatasetFilter = None,
+) -> Any:
+    """How many events passed each pair of Online Filter decisions (the diagonal: each
+    decision alone). From the summaries."""
+    async with acquire(pool, settings.pool_acquire_timeout) as conn:
+        scope = await catalogue.make_scope(conn, run_min, run_max, dataset)
+        return await catalogue.overlap(conn, scope)
 
 
 @router.get(

@@ -29,7 +29,7 @@ function authHeaders() {
 async function loadCatalogue() {
   try {
     const [ds, bits] = await Promise.all([
-      fetch("/v1/datasets", { headers: authHeaders() }),
+      fetch("/v1/datasets?limit=1000", { headers: authHeaders() }),
       fetch("/v1/online-filter/bits", { headers: authHeaders() }),
     ]);
     if (ds.status === 401 || ds.status === 403) {
@@ -39,7 +39,7 @@ async function loadCatalogue() {
       return true;
     }
     if (!ds.ok || !bits.ok) throw new Error("status " + (ds.ok ? bits.status : ds.status));
-    state.datasets = new Map((await ds.json()).map((d) => [d.id, d.name]));
+    state.datasets = new Map((await ds.json()).items.map((d) => [d.id, d.name]));
     state.bits = await bits.json();
     $("catalogue-status").textContent =
       `Catalogue: ${state.datasets.size} datasets, ${state.bits.length} Online Filter decisions.`;

@@ -1,0 +1,171 @@
+"""Catalogue queries beyond picking: datasets, files, runs, Online Filter counts, overlaps,
+selections and the consistency report. SQL in ``queries``; summaries in ``files`` and
+``run_olt_counts``, kept by the database as events are written."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import orjson
+
+from eventindex import queries
+from eventindex.config import MAX_RUN_NUMBER
+from eventindex.db import Connection, acquire
+from eventindex.problems import Problem, database_problem
+
+STREAM_BATCH = 5_000
+
+
+@dataclass(frozen=True)
+class BitExpression:
+    """``all`` bits set, at least one of ``any`` (if given), none of ``none``."""
+
+    all: int = 0
+    any: int = 0
+    none: int = 0
+
+
+async def bit_names(conn: Connection) -> dict[str, int]:
+    return {r["name"]: r["bit"] for r in await conn.fetch(queries.LIST_OLT_BITS)}
+
+
+def parse_bits(names: dict[str, int], text: str | None, param: str) -> int:
+    """A mask from comma-separated decision names (or bit numbers)."""
+    mask = 0
+    for item in (text or "").split(","):
+        item = item.strip()
+        if not item:
+            continue
+        if item.isdigit() and int(item) in names.values():
+            bit = int(item)
+        elif item in names:
+            bit = names[item]
+        else:
+            known = ", ".join(sorted(names))
+            raise Problem(
+                422,
+                "unknown-decision",
+                "Unknown Online Filter decision",
+                f"{param}: {item!r} is not an Online Filter decision (known: {known}).",
+            )
+        mask |= 1 << bit
+    return mask
+
+
+@dataclass(frozen=True)
+class Scope:
+    run_min: int
+    run_max: int
+    dataset: int | None
+
+    def args(self) -> tuple[int, int, int | None]:
+        return self.run_min, self.run_max, self.dataset
+
+
+async def make_scope(
+    conn: Connection, run_min: int | None, run_max: int | None, dataset: int | None
+) -> Scope:
+    if dataset is not None and await conn.fetchval(queries.DATASET_EXISTS, dataset) is None:
+        raise Problem(404, "dataset-not-found", "Dataset not found", f"No dataset {dataset}.")
+    lo, hi = run_min or 0, MAX_RUN_NUMBER if run_max is None else run_max
+    if dataset is not None and run_min is None and run_max is None:
+        # The dataset's runs bound the range that a scan of events has to cover.
+        row = await conn.fetchrow(queries.DATASET_RUN_RANGE, dataset)
+        if row is not None and row[0] is not None:
+            lo, hi = row[0], row[1]
+    if lo > hi:
+        raise Problem(
+            422, "invalid-range", "Invalid run range", f"run_min {lo} exceeds run_max {hi}."
+        )
+    return Scope(lo, hi, dataset)
+
+
+async def dataset_page(conn: Connection, dataset: int | None, after: int, limit: int) -> list[Any]:
+    return [dict(r) for r in await conn.fetch(queries.DATASET_PAGE, dataset, after, limit)]
+
+
+async def selection_count(
+    conn: Connection, scope: Scope, bits: BitExpression, group_by: str
+) -> dict[str, Any]:
+    rows = await conn.fetch(
+        queries.SELECTION_COUNT, *scope.args(), bits.all, bits.any, bits.none, group_by
+    )
+    total = sum(r["n_events"] for r in rows)
+    out: dict[str, Any] = {"n_events": total}
+    if group_by != "none":
+        key = "run_number" if group_by == "run" else "dsid_raw"
+        out["groups"] = [{key: r["key"], "n_events": r["n_events"]} for r in rows]
+    return out
+
+
+async def overlap(conn: Connection, scope: Scope) -> dict[str, Any]:
+    bits = await conn.fetch(queries.LIST_OLT_BITS)
+    index = {r["bit"]: i for i, r in enumerate(bits)}
+    matrix = [[0] * len(bits) for _ in bits]
+    for r in await conn.fetch(queries.OVERLAP, *scope.args()):
+        matrix[index[r["bit_a"]]][index[r["bit_b"]]] = r["n_events"]
+    total = await conn.fetchval(queries.SCOPE_TOTAL, *scope.args())
+    return {"decisions": [r["name"] for r in bits], "matrix": matrix, "n_events": total}
+
+
+async def consistency(conn: Connection, dataset: int, gaps: bool, limit: int) -> dict[str, Any]:
+    name = await conn.fetchval(queries.DATASET_EXISTS, dataset)
+    if name is None:
+        raise Problem(404, "dataset-not-found", "Dataset not found", f"No dataset {dataset}.")
+    mismatched = [dict(r) for r in await conn.fetch(queries.FILE_COUNT_MISMATCHES, dataset, limit)]
+    conflict_rows = await conn.fetch(queries.DATASET_CONFLICTS, dataset, limit)
+    conflicts = [{k: v for k, v in dict(r).items() if k != "total"} for r in conflict_rows]
+    n_conflicts = conflict_rows[0]["total"] if conflict_rows else 0
+    loads = [dict(r) for r in await conn.fetch(queries.LOADS_WITH_DUPLICATES)]
+    report: dict[str, Any] = {
+        "dataset": {"id": dataset, "name": name},
+        "files_with_wrong_counts": mismatched,
+        "conflicting_duplicates": {"total": n_conflicts, "first": conflicts},
+        "loads_with_duplicates": loads,
+    }
+    problems = len(mismatched) + n_conflicts
+    if gaps:
+        found = [dict(r) for r in await conn.fetch(queries.EVENT_GAPS, dataset, limit)]
+        report["gaps"] = found
+        problems += len(found)
+    report["problems"] = problems
+    report["status"] = "ok" if problems == 0 else "problems"
+    return report
+
+
+async def open_stream(pool: asyncpg.Pool, timeout: float) -> tuple[AsyncExitStack, Connection]:
+    """A connection in a read-only transaction for a cursor; the stream closes the stack."""
+    stack = AsyncExitStack()
+    try:
+        conn = await stack.enter_async_context(acquire(pool, timeout))
+        await stack.enter_async_context(conn.transaction(readonly=True))
+    except BaseException:
+        await stack.aclose()
+        raise
+    return stack, conn
+
+
+async def stream_rows(
+    stack: AsyncExitStack, conn: Connection, query: str, *args: Any
+) -> AsyncIterator[bytes]:
+    """NDJSON of the query's rows, in batches; ends with an error line if it fails."""
+    try:
+        batch: list[bytes] = []
+        async for row in conn.cursor(query, *args, prefetch=STREAM_BATCH):
+            batch.append(orjson.dumps(dict(row)))
+            if len(batch) >= STREAM_BATCH:
+                yield b"\n".join(batch) + b"\n"
+                batch = []
+        if batch:
+            yield b"\n".join(batch) + b"\n"
+    except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as exc:
+        problem = database_problem(exc) or Problem(
+            500, "internal", "Internal error", "The stream failed."
+        )
+        yield orjson.dumps({"error": problem.body()}) + b"\n"
+    finally:
+        await stack.aclose()
