@@ -3,6 +3,7 @@
     python -m tools.bench lookup [--events 1000000] [--pairs 200000 1000000] [--rounds 3]
     python -m tools.bench load [--events 10000000] [--rounds 3]
     python -m tools.bench client [--pairs 1000000] [--rounds 3]
+    python -m tools.bench catalogue [--events 10000000] [--rounds 3]
 
 ``load`` times the loader (tools/store_events, with all its integrity checks)
 against raw ``COPY ... FROM STDIN`` of the same file into a table with the same
@@ -522,6 +523,98 @@ async def bench_client(args: argparse.Namespace) -> None:
         print(f"{label:<52}{rate:>10,.0f} p/s  {server:>10,.0f} p/s  {rate / server:>5.2f}x")
 
 
+# What each catalogue answer would cost without the summaries: a scan of events.
+_SCAN_BASELINES = {
+    "datasets": "SELECT dsid_raw, count(*), count(DISTINCT fuid_raw) FROM events GROUP BY 1",
+    "runs": "SELECT run_number, count(*) FROM events GROUP BY 1 ORDER BY 1 LIMIT 100",
+    "selection count by run": (
+        "SELECT run_number, count(*) FROM events WHERE (olt_result & 8) <> 0 GROUP BY 1"
+    ),
+    "overlap": (
+        "SELECT a.bit, b.bit, count(*) FROM events e JOIN olt_bits a "
+        "ON (e.olt_result & (1 << a.bit)) <> 0 JOIN olt_bits b "
+        "ON (e.olt_result & (1 << b.bit)) <> 0 GROUP BY 1, 2"
+    ),
+}
+
+
+async def bench_catalogue(args: argparse.Namespace) -> None:
+    from eventindex import migrate
+    from tools import store_events
+
+    url, _server = server_url(args)
+    data = generated(args.events, 1000, 1, seed=1)
+    name = "eventindex_bench_catalogue"
+    admin = await asyncpg.connect(url)
+    try:
+        if not await admin.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
+            await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    db_url = with_database(url, name)
+    conn = await asyncpg.connect(db_url)
+    try:
+        await migrate.apply(conn)
+        if await conn.fetchval("SELECT count(*) FROM events") != args.events:
+            log(f"loading {args.events:,} events with the loader ...")
+            await conn.execute("TRUNCATE events, datasets, files, run_olt_counts, loads CASCADE")
+            loader = store_events.Loader(conn, progress_stream=io.StringIO())
+            async with conn.transaction():
+                await loader.load_datasets(store_events.Source("d", data / "datasets.csv"))
+                await loader.load_events(store_events.Source("e", data / "events.csv"))
+            await conn.execute("VACUUM ANALYZE")
+        run = await conn.fetchval("SELECT min(run_number) FROM files")
+        fuid = await conn.fetchval("SELECT fuid_raw::text FROM files ORDER BY fuid_raw LIMIT 1")
+    finally:
+        await conn.close()
+
+    calls = {
+        "datasets": "/v1/datasets",
+        "runs": "/v1/runs?limit=100",
+        "run detail": f"/v1/runs/{run}",
+        "selection count": "/v1/selection/count?all=dimuon",
+        "selection count by run": "/v1/selection/count?all=dimuon&group_by=run",
+        "overlap": "/v1/online-filter/overlap",
+        "file": f"/v1/files/{fuid}",
+        "file events (stream)": f"/v1/files/{fuid}/events",
+        f"selection events of run {run} (stream)": f"/v1/selection/events?run_min={run}"
+        f"&run_max={run}&any=dimuon,jpsi_candidate",
+        "consistency of dataset 1 (scans it)": "/v1/datasets/1/consistency",
+    }
+    proc, base = start_service(db_url)
+    conn = await asyncpg.connect(db_url, server_settings={"jit": "off"})
+    res = Results()
+    try:
+        async with httpx.AsyncClient(base_url=base, timeout=600) as http:
+            for rnd in range(args.rounds):
+                log(f"round {rnd + 1}/{args.rounds}")
+                for label, path in calls.items():
+                    started = time.perf_counter()
+                    response = await http.get(path)
+                    response.raise_for_status()
+                    res.add(label, time.perf_counter() - started)
+                for label, sql in _SCAN_BASELINES.items():
+                    started = time.perf_counter()
+                    await conn.fetch(sql)
+                    res.add("scan " + label, time.perf_counter() - started)
+    finally:
+        await conn.close()
+        proc.terminate()
+        proc.wait(10)
+    print()
+    print(
+        f"EventIndex catalogue benchmark: {args.events:,} events, {args.rounds} rounds, "
+        "median seconds per request (HTTP, end to end)"
+    )
+    print(f"{'query':<52}{'service':>10}  {'scan of events':>14}  {'speed-up':>8}")
+    for label in calls:
+        line = f"{label:<52}{res.median(label):>10.4f}"
+        if label in _SCAN_BASELINES:
+            scan = res.median("scan " + label)
+            line += f"  {scan:>14.3f}  {scan / res.median(label):>7.0f}x"
+        print(line)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m tools.bench",
@@ -549,6 +642,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pairs", type=int, default=1_000_000, help="pairs (default 1M)")
     p.add_argument("--rounds", type=int, default=3)
     p.set_defaults(func=bench_client)
+
+    p = sub.add_parser("catalogue", help="catalogue queries: time of each, vs a scan")
+    p.add_argument("--database-url", help="PostgreSQL server URL (default: embedded)")
+    p.add_argument("--events", type=int, default=10_000_000, help="catalogue size (default 10M)")
+    p.add_argument("--rounds", type=int, default=3)
+    p.set_defaults(func=bench_catalogue)
 
     p = sub.add_parser("load", help="loader throughput: store_events vs raw COPY")
     p.add_argument("--database-url", help="PostgreSQL server URL (default: embedded)")
