@@ -43,6 +43,7 @@ async function loadCatalogue() {
     state.bits = await bits.json();
     $("catalogue-status").textContent =
       `Catalogue: ${state.datasets.size} datasets, ${state.bits.length} Online Filter decisions.`;
+    fillDatasetChoice();
     return true;
   } catch (err) {
     $("catalogue-status").textContent = "The catalogue cannot be reached right now.";
@@ -407,6 +408,64 @@ function downloadFiles() {
   download("eventindex-files.txt", "text/plain", files.map((f) => f + "\n"));
 }
 
+// --- overlap heat map ------------------------------------------------------------------
+
+function fillDatasetChoice() {
+  const select = $("overlap-dataset");
+  const chosen = select.value;
+  select.replaceChildren(new Option("all datasets", ""));
+  for (const [id, name] of state.datasets) select.add(new Option(`${id}: ${name}`, String(id)));
+  select.value = chosen;
+}
+
+async function showOverlap() {
+  const dataset = $("overlap-dataset").value;
+  const query = dataset ? `?dataset=${encodeURIComponent(dataset)}` : "";
+  let response;
+  try {
+    response = await fetch("/v1/online-filter/overlap" + query, { headers: authHeaders() });
+  } catch (_) {
+    unavailable("the service did not answer.");
+    return;
+  }
+  if (!response.ok) {
+    await showProblem(response);
+    return;
+  }
+  const data = await response.json();
+  const table = $("overlap-table");
+  const top = Math.max(1, ...data.matrix.flat());
+  const head = document.createElement("tr");
+  head.appendChild(document.createElement("td"));
+  for (const name of data.decisions) {
+    const th = document.createElement("th");
+    th.scope = "col";
+    th.textContent = name;
+    head.appendChild(th);
+  }
+  table.tHead.replaceChildren(head);
+  table.tBodies[0].replaceChildren(...data.matrix.map((row, i) => {
+    const tr = document.createElement("tr");
+    const th = document.createElement("th");
+    th.scope = "row";
+    th.textContent = data.decisions[i];
+    tr.appendChild(th);
+    row.forEach((value, j) => {
+      const td = document.createElement("td");
+      td.textContent = value.toLocaleString();
+      td.title = `${data.decisions[i]} and ${data.decisions[j]}: ${value.toLocaleString()} events`;
+      // Shade by a log scale, so that rare pairs are visible beside common ones.
+      const t = value > 0 ? Math.log1p(value) / Math.log1p(top) : 0;
+      td.style.background = `rgba(31, 95, 191, ${(0.08 + 0.8 * t).toFixed(3)})`;
+      if (t > 0.55) td.style.color = "#fff";
+      tr.appendChild(td);
+    });
+    return tr;
+  }));
+  table.hidden = false;
+  $("overlap-total").textContent = `${data.n_events.toLocaleString()} events in scope.`;
+}
+
 // --- wiring ----------------------------------------------------------------------------
 
 function setView(view) {
@@ -467,5 +526,6 @@ document.addEventListener("DOMContentLoaded", () => {
   $("dl-csv").addEventListener("click", downloadCsv);
   $("dl-ndjson").addEventListener("click", downloadNdjson);
   $("dl-files").addEventListener("click", downloadFiles);
+  $("overlap-form").addEventListener("submit", (e) => { e.preventDefault(); showOverlap(); });
   loadCatalogue().then((ok) => { if (!ok) unavailable("the catalogue did not answer."); });
 });

@@ -261,3 +261,19 @@ async def test_database_unavailable_then_back(browser: Browser, own_server: Embe
         await expect(page.locator("#progress-text")).to_contain_text("Done: 1 pairs")
         await shot(page, "8-database-back")
         await context.close()
+
+
+async def test_overlap_heat_map(page: Page) -> None:
+    await page.select_option("#overlap-dataset", "1")
+    await page.click("#overlap-show")
+    table = page.locator("#overlap-table")
+    await expect(table).to_be_visible()
+    await expect(page.locator("#overlap-total")).to_contain_text("events in scope")
+    rows = table.locator("tbody tr")
+    await expect(rows).to_have_count(9)
+    # Dataset 1 holds run 102 (olt_result = event % 16): each of bits 0-3 is set in half.
+    first = (await rows.nth(0).inner_text()).split("\t")
+    assert first[0] == "minimum_bias"
+    assert first[1] == "500"
+    assert first[2] == "250"
+    await shot(page, "9-overlap-heat-map")
