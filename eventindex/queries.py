@@ -202,6 +202,10 @@ FROM event_stage AS s
 WHERE NOT EXISTS (SELECT 1 FROM event_duplicates AS d WHERE d.line = s.line)
 """
 
+# For the load's transaction only: the statement trigger aggregates every row of a COPY
+# (its transition table), and spilling that to disk costs more than the memory.
+LOAD_WORK_MEM = "SELECT set_config('work_mem', $1, true)"
+
 RECORD_LOAD = """
 INSERT INTO loads (source, content_sha256, rows_read, events_inserted, duplicates_skipped,
                    conflicts_skipped, started_at)

@@ -73,6 +73,16 @@ class EmbeddedServer:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
+@pytest.fixture
+def own_server() -> Iterator[EmbeddedServer]:
+    """A PostgreSQL of the test's own, which it may stop and start."""
+    server = EmbeddedServer()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
 @pytest.fixture(scope="session")
 def server_url() -> Iterator[str]:
     """Admin URL of the server the suite uses."""

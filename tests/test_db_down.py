@@ -3,23 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 
 import asyncpg
-import pytest
 
 from eventindex import migrate
 from eventindex.config import Settings
 from tests.conftest import EmbeddedServer, app_client
-
-
-@pytest.fixture
-def own_server() -> Iterator[EmbeddedServer]:
-    server = EmbeddedServer()
-    try:
-        yield server
-    finally:
-        server.close()
 
 
 async def test_database_down_gives_503_then_recovers(own_server: EmbeddedServer) -> None:

@@ -266,6 +266,7 @@ class Loader:
     report: Path | None = None
     progress_stream: IO[str] = sys.stderr
     progress_interval: float = 10.0
+    work_mem: str = "1GB"
 
     def _progress(self, source: Source) -> Progress:
         return Progress(source.name, source.size, self.progress_stream, self.progress_interval)
@@ -323,6 +324,7 @@ class Loader:
         started = time.monotonic()
         started_at = datetime.now(UTC)
         digest = hashlib.sha256()
+        await self.conn.execute(queries.LOAD_WORK_MEM, self.work_mem)
         try:
             async with self.conn.transaction():
                 rows = await self._copy("events", source, columns, digest) - 1

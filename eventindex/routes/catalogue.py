@@ -3,6 +3,7 @@ selections by decision, and the consistency report."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
@@ -157,61 +158,58 @@ async def get_run(run: Run, pool: PoolDep, settings: SettingsDep) -> Any:
     return {**dict(page[0]), "decisions": decisions}
 
 
-async def _selection(
-    conn: Any,
-    run_min: int | None,
-    run_max: int | None,
-    dataset: int | None,
-    all_of: str | None,
-    any_of: str | None,
-    none_of: str | None,
-) -> tuple[catalogue.Scope, catalogue.BitExpression]:
-    names = await catalogue.bit_names(conn)
-    bits = catalogue.BitExpression(
-        catalogue.parse_bits(names, all_of, "all"),
-        catalogue.parse_bits(names, any_of, "any"),
-        catalogue.parse_bits(names, none_of, "none"),
-    )
-    return await catalogue.make_scope(conn, run_min, run_max, dataset), bits
+@dataclass
+class SelectionQuery:
+    """The scope and bit expression of a selection, from the query string."""
+
+    run_min: RunMin = None
+    run_max: RunMin = None
+    dataset: DatasetFilter = None
+    all: Bits = None
+    any: Bits = None
+    none: Bits = None
+
+    async def resolve(self, conn: Any) -> tuple[catalogue.Scope, catalogue.BitExpression]:
+        names = await catalogue.bit_names(conn)
+        bits = catalogue.BitExpression(
+            catalogue.parse_bits(names, self.all, "all"),
+            catalogue.parse_bits(names, self.any, "any"),
+            catalogue.parse_bits(names, self.none, "none"),
+        )
+        scope = await catalogue.make_scope(conn, self.run_min, self.run_max, self.dataset)
+        return scope, bits
+
+
+SelectionDep = Annotated[SelectionQuery, Depends()]
 
 
 @router.get("/selection/count", response_model=SelectionCount, responses=_ERRORS)
 async def selection_count(
+    selection: SelectionDep,
     pool: PoolDep,
     settings: SettingsDep,
-    run_min: RunMin = None,
-    run_max: RunMin = None,
-    dataset: DatasetFilter = None,
-    all: Bits = None,
-    any: Bits = None,
-    none: Bits = None,
     group_by: Literal["none", "run", "dataset"] = "none",
 ) -> Any:
     """How many events of a run range and/or dataset passed every decision of ``all``, at
     least one of ``any`` and none of ``none``; optionally per run or dataset. From the
     summaries: no scan of events."""
     async with acquire(pool, settings.pool_acquire_timeout) as conn:
-        scope, bits = await _selection(conn, run_min, run_max, dataset, all, any, none)
+        scope, bits = await selection.resolve(conn)
         return await catalogue.selection_count(conn, scope, bits, group_by)
 
 
 @router.get("/selection/events", response_class=StreamingResponse, responses=_NDJSON_DOC)
 async def selection_events(
+    selection: SelectionDep,
     pool: PoolDep,
     settings: SettingsDep,
-    run_min: RunMin = None,
-    run_max: RunMin = None,
-    dataset: DatasetFilter = None,
-    all: Bits = None,
-    any: Bits = None,
-    none: Bits = None,
     after_run: Annotated[int, Query(ge=-1, le=MAX_RUN_NUMBER)] = -1,
     after_event: Annotated[int, Query(ge=-1, le=MAX_EVENT_NUMBER)] = -1,
 ) -> StreamingResponse:
     """The selected events as NDJSON in (run, event) order; to resume, pass the last
     delivered run and event as ``after_run``/``after_event``. Scans the run range."""
     async with acquire(pool, settings.pool_acquire_timeout) as conn:
-        scope, bits = await _selection(conn, run_min, run_max, dataset, all, any, none)
+        scope, bits = await selection.resolve(conn)
     stack, conn = await catalogue.open_stream(pool, settings.pool_acquire_timeout)
     rows = catalogue.stream_rows(
         stack,

@@ -231,15 +231,6 @@ async def test_phone_width(browser: Browser, server: Server) -> None:
     await context.close()
 
 
-@pytest.fixture
-def own_server() -> Iterator[EmbeddedServer]:
-    server = EmbeddedServer()
-    try:
-        yield server
-    finally:
-        server.close()
-
-
 async def test_database_unavailable_then_back(browser: Browser, own_server: EmbeddedServer) -> None:
     url = own_server.url()
     conn = await asyncpg.connect(url)
