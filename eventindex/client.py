@@ -61,6 +61,14 @@ class _Retry(Exception):
         self.retry_after = retry_after
 
 
+class _RetryAfter(_Retry):
+    """A stream that failed part-way: the answers before the failure, then retry."""
+
+    def __init__(self, answered: bytes, problem: dict[str, Any]) -> None:
+        super().__init__(str(problem.get("detail", "the stream failed")))
+        self.answered = answered
+
+
 def _retry_after(response: httpx.Response) -> float | None:
     value = response.headers.get("retry-after", "")
     try:
@@ -104,12 +112,20 @@ async def _chunks(
 
 
 class _ChunkFetch:
-    """One chunk's request, retried and resumed until every pair is answered."""
+    """One chunk's request, retried and resumed until every pair is answered.
+
+    Answers are queued as blocks of whole lines (split only when handed out) in a
+    bounded queue, so a chunk runs at most a few blocks ahead of its reader, and
+    ``delivered`` always says how many pairs are answered: a retry resumes there.
+    """
+
+    QUEUE_BLOCKS = 32
 
     def __init__(self, client: EventIndexClient, pairs: list[Pair]) -> None:
         self.client = client
         self.pairs = pairs
-        self.queue: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue()
+        self.delivered = 0
+        self.queue: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue(self.QUEUE_BLOCKS)
         self.task = asyncio.create_task(self._run())
 
     async def _body(self, start: int) -> AsyncIterator[bytes]:
@@ -119,31 +135,36 @@ class _ChunkFetch:
                 b'{"run_number":%d,"event_number":%d}\n' % p for p in pairs[i : i + 10_000]
             )
 
+    async def _deliver(self, block: bytes) -> None:
+        if block:
+            await self.queue.put(block)
+            self.delivered += block.count(b"\n")
+
     async def _run(self) -> None:
-        delivered = 0
         failures = 0
         try:
-            while delivered < len(self.pairs):
-                before = delivered
+            while self.delivered < len(self.pairs):
+                before = self.delivered
                 try:
-                    delivered = await self._attempt(delivered)
-                    if delivered < len(self.pairs):
+                    await self._attempt()
+                    if self.delivered < len(self.pairs):
                         raise _Retry("the answer ended early")
                 except (httpx.TransportError, _Retry) as exc:
-                    failures = 0 if delivered > before else failures + 1
+                    if isinstance(exc, _RetryAfter):
+                        await self._deliver(exc.answered)
+                    failures = 0 if self.delivered > before else failures + 1
                     retry_after = exc.retry_after if isinstance(exc, _Retry) else None
                     await self.client._pause(failures, retry_after, exc)
-            self.queue.put_nowait(None)
+            await self.queue.put(None)
         except asyncio.CancelledError:
             raise
         except BaseException as exc:
-            self.queue.put_nowait(exc)
+            await self.queue.put(exc)
 
-    async def _attempt(self, start: int) -> int:
-        delivered = start
+    async def _attempt(self) -> None:
         headers = {"content-type": NDJSON, "accept": NDJSON}
         async with self.client.http.stream(
-            "POST", "/v1/lookup", content=self._body(start), headers=headers
+            "POST", "/v1/lookup", content=self._body(self.delivered), headers=headers
         ) as response:
             if response.status_code in RETRY_STATUSES:
                 raise _Retry(f"HTTP {response.status_code}", _retry_after(response))
@@ -151,40 +172,41 @@ class _ChunkFetch:
                 raise _problem_error(response.status_code, await response.aread())
             tail = b""
             async for data in response.aiter_bytes():
-                lines = (tail + data).split(b"\n")
-                tail = lines.pop()
-                for line in lines:
-                    if line.startswith(b'{"error"'):
-                        problem = orjson.loads(line)["error"]
-                        if problem.get("status", 500) >= 500 or problem.get("status") == 429:
-                            raise _Retry(problem.get("detail", "the stream failed"))
-                        raise ProblemError(
-                            f"HTTP {problem.get('status')}: {problem.get('detail')}",
-                            status=problem.get("status"),
-                            problem=problem,
-                        )
-                    if line:
-                        self.queue.put_nowait(line)
-                        delivered += 1
-        return delivered
+                cut = data.rfind(b"\n")
+                if cut < 0:
+                    tail += data
+                    continue
+                block, tail = tail + data[: cut + 1], data[cut + 1 :]
+                if b'{"error"' in block:
+                    block = self._without_error(block)
+                await self._deliver(block)
+
+    @staticmethod
+    def _without_error(block: bytes) -> bytes:
+        """The block, unless it holds an error line: then raise (to retry, or not)."""
+        lines = block.split(b"\n")
+        for i, line in enumerate(lines):
+            if line.startswith(b'{"error"'):
+                problem = orjson.loads(line)["error"]
+                if problem.get("status", 500) >= 500 or problem.get("status") == 429:
+                    answered = b"\n".join(lines[:i]) + b"\n" if i else b""
+                    raise _RetryAfter(answered, problem)
+                raise ProblemError(
+                    f"HTTP {problem.get('status')}: {problem.get('detail')}",
+                    status=problem.get("status"),
+                    problem=problem,
+                )
+        return block
 
     async def lines(self) -> AsyncIterator[list[bytes]]:
-        """This chunk's answers in order, in batches of what has arrived."""
+        """This chunk's answers in order, a block at a time."""
         while True:
             item = await self.queue.get()
-            batch: list[bytes] = []
-            while True:
-                if item is None:
-                    if batch:
-                        yield batch
-                    return
-                if isinstance(item, BaseException):
-                    raise item
-                batch.append(item)
-                if len(batch) >= 2000 or self.queue.empty():
-                    break
-                item = self.queue.get_nowait()
-            yield batch
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item[:-1].split(b"\n")
 
     def cancel(self) -> None:
         self.task.cancel()
