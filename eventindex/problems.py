@@ -88,6 +88,14 @@ def database_problem(exc: BaseException) -> Problem | None:
         return schema_missing(exc)
     if isinstance(exc, UNAVAILABLE_ERRORS):
         return database_unavailable()
+    if isinstance(exc, asyncpg.DataError):
+        # A value from the request that PostgreSQL refuses (a NUL byte in text, ...).
+        return Problem(
+            422,
+            "invalid-value",
+            "Invalid value",
+            f"A value in the request is not acceptable: {str(exc).splitlines()[0]}",
+        )
     if isinstance(exc, asyncpg.QueryCanceledError):
         return Problem(
             503,

@@ -345,3 +345,10 @@ async def test_page_is_served(client: httpx.AsyncClient) -> None:
     script = await client.get("/static/app.js")
     assert script.status_code == 200
     assert "x-ndjson" in script.text
+
+
+async def test_values_postgres_refuses_are_422(client: httpx.AsyncClient) -> None:
+    # A NUL byte in a decision name: a client error, not a 500.
+    response = await client.get("/v1/selection/count", params={"all": "dimuon\x00"})
+    assert response.status_code == 422
+    assert response.headers["content-type"].startswith("application/problem+json")

@@ -393,3 +393,11 @@ def test_production_without_database_url_is_refused() -> None:
     )
     assert result.returncode == 2
     assert "production mode needs EVENTINDEX_DATABASE_URL" in result.stderr
+
+
+async def test_odd_token_names_are_422_not_500(database_url: str) -> None:
+    async for client in app_client(Settings(database_url=database_url)):
+        for name in ("%00", "a%20b", "x" * 101):
+            response = await client.delete(f"/v1/tokens/{name}")
+            assert response.status_code == 422, (name, response.text)
+            assert response.headers["content-type"].startswith("application/problem+json")

@@ -61,7 +61,9 @@ async def list_tokens(pool: PoolDep, settings: SettingsDep) -> Any:
 
 @router.delete("/{name}", status_code=204, responses=_PROBLEM)
 async def revoke_token(
-    name: Annotated[str, Path(max_length=100)], pool: PoolDep, settings: SettingsDep
+    name: Annotated[str, Path(pattern=r"^[A-Za-z0-9._@-]{1,100}$")],
+    pool: PoolDep,
+    settings: SettingsDep,
 ) -> Response:
     async with acquire(pool, settings.pool_acquire_timeout) as conn:
         if not await tokens.revoke(conn, name):
