@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import socket
@@ -217,3 +218,27 @@ def run_server(database_url: str, **env: str) -> Iterator[Server]:
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+async def endless_upload(url: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Open a streamed lookup whose body never ends. httpx sends a whole body before it
+    reads, so an upload that reads as it goes needs a plain socket speaking chunked HTTP/1.1."""
+    host, port = url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(
+        b"POST /v1/lookup HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\n"
+        b"Accept: application/x-ndjson\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    return reader, writer
+
+
+async def feed(writer: asyncio.StreamWriter, pairs_per_chunk: int, pause: float) -> None:
+    """Send chunks of "101 N" pairs for ever (until cancelled)."""
+    i = 0
+    while True:
+        chunk = b"".join(b"101 %d\n" % (j % 1000) for j in range(i, i + pairs_per_chunk))
+        writer.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        await writer.drain()
+        # drain() does not yield while the socket takes everything at once.
+        await asyncio.sleep(pause)
+        i += pairs_per_chunk

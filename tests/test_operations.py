@@ -15,7 +15,7 @@ import pytest
 from pydantic import SecretStr
 
 from eventindex.config import Settings
-from tests.conftest import app_client, free_port, run_server
+from tests.conftest import app_client, endless_upload, feed, free_port, run_server
 
 
 async def test_metrics_count_requests_pairs_and_pool(client: httpx.AsyncClient) -> None:
@@ -97,26 +97,6 @@ def test_json_access_log_line(database_url: str) -> None:
     assert "not-logged" not in err
 
 
-async def slow_endless_stream(url: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    host, port = url.removeprefix("http://").split(":")
-    reader, writer = await asyncio.open_connection(host, int(port))
-    writer.write(
-        b"POST /v1/lookup HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\n"
-        b"Accept: application/x-ndjson\r\nTransfer-Encoding: chunked\r\n\r\n"
-    )
-    return reader, writer
-
-
-async def feed(writer: asyncio.StreamWriter) -> None:
-    i = 0
-    while True:
-        chunk = b"".join(b"101 %d\n" % (j % 1000) for j in range(i, i + 25_000))
-        writer.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
-        await writer.drain()
-        await asyncio.sleep(0.05)
-        i += 25_000
-
-
 @pytest.fixture
 async def feeder() -> AsyncIterator[list[asyncio.Task[None]]]:
     tasks: list[asyncio.Task[None]] = []
@@ -130,8 +110,8 @@ async def test_shutdown_ends_a_stream_with_an_error_line(
     database_url: str, feeder: list[asyncio.Task[None]]
 ) -> None:
     with run_server(database_url, EVENTINDEX_SHUTDOWN_GRACE_SECONDS="1") as server:
-        reader, writer = await slow_endless_stream(server.url)
-        feeder.append(asyncio.create_task(feed(writer)))
+        reader, writer = await endless_upload(server.url)
+        feeder.append(asyncio.create_task(feed(writer, 25_000, 0.05)))
         received = b""
         while received.count(b"\n") < 60_000:
             received += await asyncio.wait_for(reader.read(65536), 30)
@@ -173,8 +153,8 @@ async def test_busy_pool_gives_503_with_retry_after(
         EVENTINDEX_POOL_ACQUIRE_TIMEOUT="1",
         EVENTINDEX_SHUTDOWN_GRACE_SECONDS="2",
     ) as server:
-        reader, writer = await slow_endless_stream(server.url)
-        feeder.append(asyncio.create_task(feed(writer)))
+        reader, writer = await endless_upload(server.url)
+        feeder.append(asyncio.create_task(feed(writer, 25_000, 0.05)))
         await asyncio.wait_for(reader.read(65536), 30)  # the stream holds both connections
         async with httpx.AsyncClient(base_url=server.url, timeout=15) as client:
             busy = await client.get("/v1/events/100/1")

@@ -12,7 +12,15 @@ import httpx
 import orjson
 import pytest
 
-from tests.conftest import EVENTS_PER_RUN, RUNS, Server, fuid_of, run_server
+from tests.conftest import (
+    EVENTS_PER_RUN,
+    RUNS,
+    Server,
+    endless_upload,
+    feed,
+    fuid_of,
+    run_server,
+)
 
 NDJSON = "application/x-ndjson"
 
@@ -99,26 +107,8 @@ async def busy_lookup_backends(database_url: str) -> int:
 
 
 async def test_client_going_away_frees_connections(server: Server, database_url: str) -> None:
-    # httpx sends the whole body before it reads, so a never-ending upload that
-    # reads as it goes needs a plain socket speaking chunked HTTP/1.1.
-    host, port = server.url.removeprefix("http://").split(":")
-    reader, writer = await asyncio.open_connection(host, int(port))
-    writer.write(
-        b"POST /v1/lookup HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\n"
-        b"Accept: application/x-ndjson\r\nTransfer-Encoding: chunked\r\n\r\n"
-    )
-
-    async def send_forever() -> None:
-        i = 0
-        while True:
-            chunk = b"".join(b"101 %d\n" % (j % 1000) for j in range(i, i + 5000))
-            writer.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
-            await writer.drain()
-            # drain() does not yield while the socket takes everything at once.
-            await asyncio.sleep(0)
-            i += 5000
-
-    sender = asyncio.create_task(send_forever())
+    reader, writer = await endless_upload(server.url)
+    sender = asyncio.create_task(feed(writer, 5000, 0))
     try:
         received = 0
         while received < 3_000_000:

@@ -92,23 +92,33 @@ def server_url(args: argparse.Namespace) -> tuple[str, Any]:
     return uri, server
 
 
-async def prepare_database(url: str, n_events: int) -> str:
-    """A migrated database holding exactly ``n_events`` synthetic events."""
+async def migrated_database(url: str, name: str, *, fresh: bool = False) -> str:
+    """The URL of database ``name`` on the server at ``url``, created (anew if ``fresh``)
+    and migrated."""
     from eventindex import migrate
 
     admin = await asyncpg.connect(url)
     try:
-        exists = await admin.fetchval(
-            "SELECT 1 FROM pg_database WHERE datname = $1", BENCH_DATABASE
-        )
-        if not exists:
-            await admin.execute(f'CREATE DATABASE "{BENCH_DATABASE}"')
+        if fresh:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        if not await admin.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
+            await admin.execute(f'CREATE DATABASE "{name}"')
     finally:
         await admin.close()
-    db_url = with_database(url, BENCH_DATABASE)
+    db_url = with_database(url, name)
     conn = await asyncpg.connect(db_url)
     try:
         await migrate.apply(conn)
+    finally:
+        await conn.close()
+    return db_url
+
+
+async def prepare_database(url: str, n_events: int) -> str:
+    """A migrated database holding exactly ``n_events`` synthetic events."""
+    db_url = await migrated_database(url, BENCH_DATABASE)
+    conn = await asyncpg.connect(db_url)
+    try:
         have = await conn.fetchval("SELECT count(*) FROM events")
         if have != n_events:
             log(f"loading {n_events:,} synthetic events ...")
@@ -413,23 +423,16 @@ def generated(n_events: int, first_run: int, first_dataset: int, seed: int) -> P
 
 
 async def bench_load(args: argparse.Namespace) -> None:
-    from eventindex import migrate
     from tools import store_events
 
     url, _server = server_url(args)
     new = generated(args.events, 1000, 1, seed=1)
     other = generated(args.events, 10_000_000, 101, seed=2)
-    admin = await asyncpg.connect(url)
-    try:
-        await admin.execute('DROP DATABASE IF EXISTS "eventindex_bench_load" WITH (FORCE)')
-        await admin.execute('CREATE DATABASE "eventindex_bench_load"')
-    finally:
-        await admin.close()
-    conn = await asyncpg.connect(with_database(url, "eventindex_bench_load"))
+    db_url = await migrated_database(url, "eventindex_bench_load", fresh=True)
+    conn = await asyncpg.connect(db_url)
     res = Results()
     n = args.events
     try:
-        await migrate.apply(conn)
         # The baseline: the same columns and primary key, nothing else.
         await conn.execute(
             "CREATE TABLE events_baseline (LIKE events INCLUDING CONSTRAINTS INCLUDING INDEXES)"
@@ -539,22 +542,14 @@ _SCAN_BASELINES = {
 
 
 async def bench_catalogue(args: argparse.Namespace) -> None:
-    from eventindex import migrate
     from tools import store_events
 
     url, _server = server_url(args)
     data = generated(args.events, 1000, 1, seed=1)
     name = "eventindex_bench_catalogue"
-    admin = await asyncpg.connect(url)
-    try:
-        if not await admin.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
-            await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    db_url = with_database(url, name)
+    db_url = await migrated_database(url, name)
     conn = await asyncpg.connect(db_url)
     try:
-        await migrate.apply(conn)
         if await conn.fetchval("SELECT count(*) FROM events") != args.events:
             log(f"loading {args.events:,} events with the loader ...")
             await conn.execute("TRUNCATE events, datasets, files, run_olt_counts, loads CASCADE")
