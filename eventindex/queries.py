@@ -24,20 +24,20 @@ RECORD_MIGRATION = "INSERT INTO schema_migrations (version, name, checksum) VALU
 
 # --- lookups ----------------------------------------------------------------
 
-# The lookup must probe the primary key once per pair (a nested loop). On large
-# arrays the planner drifts to a hash join over a sequential scan of all of
-# `events`, which is an order of magnitude slower, and JIT costs more than it
-# saves; both are switched off for the lookup transaction only.
+# Every lookup goes through eventindex_lookup(runs, events) (migration 0005): on one
+# server a SQL function probing the primary key, on a sharded coordinator a PL/Proxy
+# function of the same signature that sends each shard its own pairs (docs/scaling.md).
+# The function sets its own plan (a nested loop of index probes); what is left here is
+# matching its answers back to the request, which is a hash join at every size, and JIT
+# costs more than it saves.
 LOOKUP_PLAN_SETTINGS = (
-    "SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off; SET LOCAL jit = off"
+    "SET LOCAL enable_nestloop = off; SET LOCAL enable_mergejoin = off; SET LOCAL jit = off"
 )
 
-# One round trip per batch, and the database writes the JSON text itself, so
-# the service never builds a Python object per pair. The pairs are probed in
-# key order (index locality makes that faster than request order, and sorting
-# in the database was cheaper than sorting in Python and sending positions);
-# each pair's position in the request puts the answers back in request order.
-# $3 separates the objects: a newline for NDJSON, a comma inside a JSON array.
+# One round trip per batch, and the database writes the JSON text itself, so the
+# service never builds a Python object per pair; each pair's position in the request
+# puts the answers in request order. $3 separates the objects: a newline for NDJSON, a
+# comma inside a JSON array.
 LOOKUP_BATCH_JSON = """
 SELECT convert_to(
            string_agg(
@@ -52,18 +52,14 @@ SELECT convert_to(
                $3::text ORDER BY p.o),
            'UTF8') AS body,
        count(x.fuid_raw) AS found
-FROM (
-    SELECT r, e, o
-    FROM unnest($1::integer[], $2::bigint[]) WITH ORDINALITY AS u (r, e, o)
-    ORDER BY r, e
-) AS p
-LEFT JOIN events AS x ON x.run_number = p.r AND x.event_number = p.e
+FROM unnest($1::integer[], $2::bigint[]) WITH ORDINALITY AS p (r, e, o)
+LEFT JOIN eventindex_lookup($1::integer[], $2::bigint[]) AS x
+       ON x.run_number = p.r AND x.event_number = p.e
 """
 
 GET_EVENT = """
 SELECT run_number, event_number, fuid_raw::text AS fuid_raw, dsid_raw, olt_result
-FROM events
-WHERE run_number = $1 AND event_number = $2
+FROM eventindex_lookup(ARRAY[$1::integer], ARRAY[$2::bigint])
 """
 
 CATALOGUE_EMPTY = "SELECT NOT EXISTS (SELECT 1 FROM events)"
@@ -193,6 +189,15 @@ ALL_CONFLICTS = """
 SELECT line, run_number, event_number, olt_result, dsid_raw, fuid_raw::text AS fuid_raw,
        kept_olt_result, kept_dsid_raw, kept_fuid_raw::text AS kept_fuid_raw
 FROM event_duplicates WHERE conflicting ORDER BY line
+"""
+
+# Partitions of `events` for new runs (migration 0005), inside the load's transaction.
+ADD_PARTITIONS = "SELECT events_add_partitions($1::integer[])"
+
+ADD_PARTITIONS_FOR_STAGE = """
+SELECT events_add_partitions(array_agg(DISTINCT run_number))
+FROM event_stage
+WHERE run_number IS NOT NULL
 """
 
 INSERT_STAGED_EVENTS = """

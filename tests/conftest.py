@@ -22,7 +22,7 @@ import httpx
 import pytest
 from asgi_lifespan import LifespanManager
 
-from eventindex import migrate
+from eventindex import migrate, queries
 from eventindex.app import create_app
 from eventindex.config import Settings
 
@@ -132,6 +132,7 @@ async def database_url(server_url: str) -> AsyncIterator[str]:
             for run in RUNS
             for event in range(EVENTS_PER_RUN)
         ]
+        await conn.execute(queries.ADD_PARTITIONS, list(RUNS))
         await conn.copy_records_to_table(
             "events",
             records=rows,

@@ -16,6 +16,7 @@ async def test_database_down_gives_503_then_recovers(own_server: EmbeddedServer)
     conn = await asyncpg.connect(url)
     await migrate.apply(conn)
     await conn.execute("INSERT INTO datasets (id, name) VALUES (1, 'd')")
+    await conn.execute("SELECT events_add_partitions(ARRAY[1])")
     await conn.execute(
         "INSERT INTO events VALUES (1, 1, 0, 1, '00000000-0000-0000-0000-000000000001')"
     )

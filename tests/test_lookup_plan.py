@@ -8,24 +8,39 @@ from eventindex import queries
 from eventindex.lookup import lookup_batch, lookup_connections
 
 
+async def _explain(conn: asyncpg.Connection, sql: str, *args: object) -> str:
+    return "\n".join(row[0] for row in await conn.fetch("EXPLAIN " + sql, *args))
+
+
 async def test_plan_is_nested_loop_over_primary_key(database_url: str) -> None:
-    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=1)
+    """The probes inside eventindex_lookup are a nested loop of primary-key index scans
+    (its own body, planned under its own settings); matching the answers back to the
+    request outside it is a hash join."""
+    runs = [100 + i % 5 for i in range(50_000)]
+    events = [(i * 7919) % 1000 for i in range(50_000)]
+    conn = await asyncpg.connect(database_url)
     try:
-        runs = [100 + i % 5 for i in range(50_000)]
-        events = [(i * 7919) % 1000 for i in range(50_000)]
-        async with lookup_connections(pool, 1, 5.0) as (conn,):
-            plan = "\n".join(
-                row[0]
-                for row in await conn.fetch(
-                    "EXPLAIN " + queries.LOOKUP_BATCH_JSON, runs, events, "\n"
-                )
+        async with conn.transaction(readonly=True):
+            await conn.execute(queries.LOOKUP_PLAN_SETTINGS)
+            outer = await _explain(conn, queries.LOOKUP_BATCH_JSON, runs, events, "\n")
+            function = await conn.fetchrow(
+                "SELECT prosrc, proconfig FROM pg_proc WHERE proname = 'eventindex_lookup'"
             )
-        assert "Nested Loop Left Join" in plan, plan
-        assert "Index Scan using events_pkey" in plan, plan
-        assert "Hash" not in plan, plan
-        assert "Seq Scan" not in plan, plan
+            assert function is not None
+            body, config = function["prosrc"], function["proconfig"]
+            for setting in config:
+                name, value = setting.split("=", 1)
+                await conn.execute(f"SET LOCAL {name} = {value}")
+            body = body.replace("unnest(runs, events)", "unnest($1::integer[], $2::bigint[])")
+            inner = await _explain(conn, body, runs, events)
     finally:
-        await pool.close()
+        await conn.close()
+    assert "Nested Loop" in inner, inner
+    assert "Index Scan using events_r0000000100_pkey" in inner, inner
+    assert "Hash" not in inner, inner
+    assert "Seq Scan" not in inner, inner
+    assert "Hash Right Join" in outer or "Hash Left Join" in outer, outer
+    assert "Nested Loop" not in outer, outer
 
 
 async def test_batch_restores_input_order(database_url: str) -> None:

@@ -55,6 +55,8 @@ import httpx
 import numpy as np
 import orjson
 
+from eventindex import queries
+
 BENCH_DATABASE = "eventindex_bench"
 EVENTS_PER_RUN = 100_000
 EVENTS_PER_FILE = 5_000
@@ -127,6 +129,9 @@ async def prepare_database(url: str, n_events: int) -> str:
             await conn.execute(
                 "INSERT INTO datasets (id, name) SELECT i, 'spd.bench.raw.' || i "
                 "FROM generate_series(1, 3) i"
+            )
+            await conn.execute(
+                queries.ADD_PARTITIONS, list(range(1000, 1001 + n_events // EVENTS_PER_RUN))
             )
             await conn.execute(
                 f"""

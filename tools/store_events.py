@@ -255,6 +255,34 @@ def _copy_error(name: str, exc: asyncpg.PostgresError) -> LoadError:
     return LoadError(where + message)
 
 
+def _needs_partition(exc: Exception) -> bool:
+    """A row of a run that no partition of ``events`` holds yet (not a CHECK constraint)."""
+    return (
+        isinstance(exc, asyncpg.CheckViolationError)
+        and getattr(exc, "constraint_name", None) is None
+        and getattr(exc, "table_name", None) == "events"
+    )
+
+
+def distinct_runs(source: Source, columns: list[str]) -> set[int]:
+    """Every run number in an events file (values that are not numbers are left to COPY)."""
+    index = columns.index("run_number")
+    field = re.compile(rb"^(?:[^,\n]*,){%d}[ \t]*(\d{1,10})[ \t]*(?:,|\r?$)" % index, re.M)
+    runs: set[int] = set()
+    rest = b""
+    first = True
+    for chunk in source.chunks():
+        data = rest + chunk
+        cut = data.rfind(b"\n") + 1
+        data, rest = data[:cut], data[cut:]
+        if first and data:
+            data = data[data.find(b"\n") + 1 :]  # the header
+            first = False
+        runs.update(int(r) for r in set(field.findall(data)))
+    runs.update(int(r) for r in set(field.findall(rest)))
+    return {r for r in runs if r <= 2**31 - 1}
+
+
 def _count(status: str) -> int:
     return int(status.split()[-1])
 
@@ -319,7 +347,7 @@ class Loader:
             await self.conn.execute("DROP TABLE dataset_stage")
         return inserted
 
-    async def load_events(self, source: Source) -> FileResult:
+    async def load_events(self, source: Source, *, retry_partitions: bool = False) -> FileResult:
         columns = header_columns(source, queries.EVENT_COLUMNS, queries.EVENT_COLUMNS)
         started = time.monotonic()
         started_at = datetime.now(UTC)
@@ -343,7 +371,16 @@ class Loader:
         except (asyncpg.UniqueViolationError, asyncpg.ForeignKeyViolationError):
             pass  # rolled back to the savepoint: classify every row
         except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
-            raise _copy_error(source.name, exc) from None
+            if not _needs_partition(exc):
+                raise _copy_error(source.name, exc) from None
+            if not retry_partitions:
+                # New runs: make their partitions (all of the file's at once), then again.
+                await self.conn.fetchval(
+                    queries.ADD_PARTITIONS, sorted(distinct_runs(source, columns))
+                )
+                return await self.load_events(source, retry_partitions=True)
+            # Run numbers the quick scan could not read (quoted, say): the careful path
+            # makes partitions from what COPY parsed.
         return await self._load_carefully(source, columns, started, started_at)
 
     async def _load_carefully(
@@ -387,6 +424,7 @@ class Loader:
                     f"{c['olt_result']}); {conflicts:,} conflicting rows in all "
                     "(--on-conflict skip skips and reports them)"
                 )
+            await conn.fetchval(queries.ADD_PARTITIONS_FOR_STAGE)
             inserted = _count(await conn.execute(queries.INSERT_STAGED_EVENTS))
             load_id = await conn.fetchval(
                 queries.RECORD_LOAD,
