@@ -32,7 +32,16 @@ _REF = "#/components/schemas/{model}"
 
 class State(TypedDict):
     pool: asyncpg.Pool
+    read_pool: asyncpg.Pool
     settings: Settings
+
+
+async def _close(pool: asyncpg.Pool) -> None:
+    try:
+        await asyncio.wait_for(pool.close(), _POOL_CLOSE_TIMEOUT)
+    except TimeoutError:
+        log.warning("database pool did not close in time; terminating connections")
+        pool.terminate()
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -45,15 +54,16 @@ def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[State]:
         pool = await create_pool(settings, dsn)
-        metrics.pool = pool
+        read_pool = pool
+        if settings.read_database_urls:
+            read_pool = await create_pool(settings, dsn, settings.read_database_urls)
+        metrics.pool = read_pool
         try:
-            yield {"pool": pool, "settings": settings}
+            yield {"pool": pool, "read_pool": read_pool, "settings": settings}
         finally:
-            try:
-                await asyncio.wait_for(pool.close(), _POOL_CLOSE_TIMEOUT)
-            except TimeoutError:
-                log.warning("database pool did not close in time; terminating connections")
-                pool.terminate()
+            if read_pool is not pool:
+                await _close(read_pool)
+            await _close(pool)
 
     docs = settings.docs_enabled
     app = FastAPI(

@@ -204,6 +204,57 @@ def cmd_token(args: argparse.Namespace) -> int:
     return asyncio.run(run())
 
 
+def cmd_shards(args: argparse.Namespace) -> int:
+    """Set up and grow a sharded catalogue (docs/scaling.md)."""
+    from eventindex import sharding
+
+    settings = load_settings(database_url=args.database_url)
+    if settings.database_url is None:
+        raise CliError("shards needs the coordinator's URL: EVENTINDEX_DATABASE_URL", 2)
+    url = settings.database_url
+
+    async def run() -> None:
+        import asyncpg
+
+        if args.shards_command == "init":
+            shards = {}
+            for spec in args.shard:
+                name, sep, shard_url = spec.partition("=")
+                if not sep:
+                    raise CliError(f"--shard {spec!r}: expected NAME=URL", 2)
+                shards[name] = shard_url
+            shard_map = await sharding.init(url, shards, args.slots)
+            print("\n".join(sharding.describe(shard_map)))
+        elif args.shards_command == "add":
+            moved = await sharding.add(url, args.name, args.url)
+            print(
+                f"shard {args.name} added: {len(moved)} slots, "
+                f"{sum(moved.values()):,} events moved to it"
+            )
+        else:
+            conn = await asyncpg.connect(url, timeout=10)
+            try:
+                if not await sharding.is_coordinator(conn):
+                    raise CliError("this database is not a coordinator (run 'shards init')")
+                print("\n".join(sharding.describe(await sharding.ShardMap.load(conn))))
+            finally:
+                await conn.close()
+
+    try:
+        asyncio.run(run())
+    except sharding.ShardingError as exc:
+        raise CliError(str(exc)) from None
+    except (TimeoutError, OSError) as exc:
+        raise CliError(f"cannot reach a database: {exc}") from None
+    except Exception as exc:
+        import asyncpg
+
+        if isinstance(exc, asyncpg.PostgresError):
+            raise CliError(f"database error: {str(exc).splitlines()[0]}") from None
+        raise
+    return 0
+
+
 EXIT_PROBLEMS = 4
 
 
@@ -383,6 +434,22 @@ def build_parser() -> argparse.ArgumentParser:
     t = token_sub.add_parser("revoke", help="revoke a token by name")
     t.add_argument("name")
     p.set_defaults(func=cmd_token)
+
+    p = sub.add_parser(
+        "shards", help="shard the catalogue over several PostgreSQL servers (PL/Proxy)"
+    )
+    p.add_argument("--database-url", help="the coordinator (default: EVENTINDEX_DATABASE_URL)")
+    shards_sub = p.add_subparsers(dest="shards_command", required=True, metavar="ACTION")
+    t = shards_sub.add_parser("init", help="make an empty catalogue the coordinator of shards")
+    t.add_argument(
+        "--shard", action="append", required=True, metavar="NAME=URL", help="repeat per shard"
+    )
+    t.add_argument("--slots", type=int, default=16, help="hash slots, a power of two (default 16)")
+    t = shards_sub.add_parser("add", help="add a shard and move its share of the runs to it")
+    t.add_argument("name")
+    t.add_argument("url")
+    shards_sub.add_parser("list", help="the shards and the slots each holds")
+    p.set_defaults(func=cmd_shards)
 
     p = sub.add_parser(
         "generate", help="write pseudo events as CSV (python -m tools.gen_data; see --help)"

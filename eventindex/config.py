@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, ValidationError, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 MAX_RUN_NUMBER = 2**31 - 1
 MAX_EVENT_NUMBER = 2**63 - 1
@@ -41,6 +42,17 @@ class Settings(BaseSettings):
     database_url: str | None = Field(
         default=None,
         description="PostgreSQL URL; unset means an embedded server under data_dir",
+    )
+    read_database_urls: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="read-only PostgreSQL URLs (streaming replicas), comma-separated: "
+        "lookups and catalogue queries go there, writes to database_url; when none "
+        "answers, reads fall back to database_url",
+    )
+    statement_cache_size: Annotated[int, Field(ge=0)] = Field(
+        default=1024,
+        description="prepared statements cached per connection; 0 behind pgbouncer in "
+        "transaction mode",
     )
     data_dir: Path = Field(
         default=Path(".eventindex"),
@@ -105,6 +117,14 @@ class Settings(BaseSettings):
     shutdown_grace_seconds: Annotated[int, Field(ge=0)] = Field(
         default=30, description="on SIGTERM, how long running requests may take to finish"
     )
+
+    @field_validator("read_database_urls", mode="before")
+    @classmethod
+    def _split_urls(cls, value: object) -> object:
+        # A URL may itself hold commas (several hosts): split only before a scheme.
+        if isinstance(value, str):
+            return [u.strip() for u in re.split(r",\s*(?=postgres(?:ql)?://)", value) if u.strip()]
+        return value
 
     @property
     def auth_enabled(self) -> bool:

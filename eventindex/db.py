@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
-from collections.abc import AsyncIterator
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Annotated, TypeAlias
+from typing import Annotated, Any, TypeAlias, cast
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
@@ -34,6 +36,12 @@ UNAVAILABLE_ERRORS: tuple[type[Exception], ...] = (
 )
 
 
+_REPLICA_ERRORS: tuple[type[Exception], ...] = (*UNAVAILABLE_ERRORS, asyncpg.PostgresError)
+
+# A replica that does not answer within this is skipped for the next one.
+_REPLICA_TIMEOUT = 3.0
+
+
 def server_settings(settings: Settings) -> dict[str, str]:
     return {
         "application_name": "eventindex",
@@ -41,8 +49,40 @@ def server_settings(settings: Settings) -> dict[str, str]:
     }
 
 
-async def create_pool(settings: Settings, dsn: str) -> asyncpg.Pool:
-    """The lookup pool, warmed up to ``pool_min_size`` connections.
+def redact(url: str) -> str:
+    """A database URL fit for a log line: no password."""
+    return re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", url)
+
+
+def replica_connector(
+    replicas: list[str], primary: str, timeout: float
+) -> Callable[..., Awaitable[asyncpg.Connection]]:
+    """``connect`` for the read pool: the replicas in turn, then the primary.
+
+    Each new connection starts with the next replica, which spreads a pool's
+    connections over them; a replica that is down is skipped (and its pooled
+    connections fail once and are replaced), and when none answers the reads go to
+    the primary until one is back.
+    """
+    turn = itertools.count()
+
+    async def connect(*args: Any, **kwargs: Any) -> asyncpg.Connection:
+        start = next(turn) % len(replicas)
+        for url in replicas[start:] + replicas[:start]:
+            try:
+                return await asyncpg.connect(url, *args[1:], **{**kwargs, "timeout": timeout})
+            except _REPLICA_ERRORS as exc:
+                log.warning("read replica %s unavailable (%r)", redact(url), exc)
+        return await asyncpg.connect(primary, *args[1:], **kwargs)
+
+    return connect
+
+
+async def create_pool(
+    settings: Settings, dsn: str, replicas: list[str] | None = None
+) -> asyncpg.Pool:
+    """A pool warmed up to ``pool_min_size`` connections: to ``dsn``, or, given
+    replicas, to them with ``dsn`` as the fallback.
 
     When the database is away at start the service still starts, with a pool
     that connects on demand: it reports not-ready (and 503 to requests) until
@@ -50,8 +90,11 @@ async def create_pool(settings: Settings, dsn: str) -> asyncpg.Pool:
     """
 
     async def make(size: int) -> asyncpg.Pool:
+        connect = replica_connector(replicas, dsn, _REPLICA_TIMEOUT) if replicas else None
         pool = await asyncpg.create_pool(
             dsn,
+            connect=cast(Any, connect),
+            statement_cache_size=settings.statement_cache_size,
             init_size=size,
             min_size=size,
             max_size=settings.pool_max_size,
@@ -92,10 +135,17 @@ def get_pool(request: Request) -> asyncpg.Pool:
     return pool
 
 
+def get_read_pool(request: Request) -> asyncpg.Pool:
+    """The pool for lookups and catalogue reads: the replicas' if any, else the primary's."""
+    pool: asyncpg.Pool = request.state.read_pool
+    return pool
+
+
 def get_settings(request: Request) -> Settings:
     settings: Settings = request.state.settings
     return settings
 
 
 PoolDep = Annotated[asyncpg.Pool, Depends(get_pool)]
+ReadPoolDep = Annotated[asyncpg.Pool, Depends(get_read_pool)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]

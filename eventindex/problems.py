@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -82,8 +83,45 @@ def schema_missing(exc: BaseException) -> Problem:
     )
 
 
+# How a sharded coordinator reports a shard it cannot use: PL/Proxy names the database
+# and address, postgres_fdw its foreign server (named shard_<name>).
+_PLPROXY_FAILURE = re.compile(
+    r"PL/Proxy function [^:]*: \[(?P<db>[^\]]*)\] (?:\w+: )?"
+    r"(?:connection to server at \"(?P<host>[^\"]*)\", port (?P<port>\d+) failed: )?"
+    r"(?P<why>[^\n]*)"
+)
+_FDW_FAILURE = re.compile(r'could not connect to server "shard_(?P<name>[^"]+)"')
+
+
+def shard_problem(exc: BaseException) -> Problem | None:
+    """A shard that is down or failing: 503 naming it. No partial answer is given, so
+    events on the other shards are never reported as missing."""
+    message = str(exc)
+    where = why = None
+    if match := _PLPROXY_FAILURE.search(message):
+        where = f"database {match['db']}"
+        if match["host"]:
+            where += f" at {match['host']}:{match['port']}"
+        why = match["why"].strip()
+    elif match := _FDW_FAILURE.search(message):
+        where, why = match["name"], (getattr(exc, "detail", None) or "").split("\n")[0]
+    if where is None:
+        return None
+    return Problem(
+        503,
+        "shard-unavailable",
+        "Shard unavailable",
+        f"The shard {where} cannot be used ({why or 'no reason given'}); the other "
+        "shards' answers are withheld rather than given without it. Try again when it is "
+        "back.",
+        headers={"Retry-After": "10"},
+    )
+
+
 def database_problem(exc: BaseException) -> Problem | None:
     """The problem to show for a database failure that is not the client's fault."""
+    if (shard := shard_problem(exc)) is not None:
+        return shard
     if isinstance(exc, asyncpg.UndefinedTableError | asyncpg.UndefinedFunctionError):
         return schema_missing(exc)
     if isinstance(exc, UNAVAILABLE_ERRORS):

@@ -200,6 +200,23 @@ FROM event_stage
 WHERE run_number IS NOT NULL
 """
 
+
+# On a shard the load's transaction is prepared for two-phase commit, which temporary
+# tables forbid: the stage is made of ordinary unlogged tables in a schema of the load's
+# own, first on the search path, dropped before the transaction ends.
+def private_stage(sql: str) -> str:
+    return sql.replace("CREATE TEMP TABLE", "CREATE UNLOGGED TABLE").replace(" ON COMMIT DROP", "")
+
+
+OPEN_PRIVATE_STAGE = """
+SELECT set_config('search_path', quote_ident($1) || ', ' || current_setting('search_path'), true)
+"""
+
+SEARCH_PATH = "SHOW search_path"
+RESTORE_SEARCH_PATH = "SELECT set_config('search_path', $1, true)"
+CREATE_STAGE_SCHEMA = "CREATE SCHEMA {schema}"
+CLOSE_PRIVATE_STAGE = "DROP SCHEMA {schema} CASCADE"
+
 INSERT_STAGED_EVENTS = """
 INSERT INTO events (run_number, event_number, olt_result, dsid_raw, fuid_raw)
 SELECT s.run_number, s.event_number, s.olt_result, s.dsid_raw, s.fuid_raw
@@ -224,6 +241,12 @@ INSERT INTO load_conflicts (load_id, line, run_number, event_number, olt_result,
 SELECT $1, line, run_number, event_number, olt_result, dsid_raw, fuid_raw,
        kept_olt_result, kept_dsid_raw, kept_fuid_raw
 FROM event_duplicates WHERE conflicting
+"""
+
+RECORD_CONFLICT_ROW = """
+INSERT INTO load_conflicts (load_id, line, run_number, event_number, olt_result, dsid_raw,
+                            fuid_raw, existing_olt_result, existing_dsid_raw, existing_fuid_raw)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
 """
 
 PREVIOUS_LOAD = "SELECT id FROM loads WHERE content_sha256 = $1 ORDER BY id LIMIT 1"
@@ -407,3 +430,147 @@ WHERE next_event > event_number + 1
 ORDER BY run_number, event_number
 LIMIT $2
 """
+
+# --- sharding (coordinator; docs/scaling.md) -------------------------------------
+
+IS_COORDINATOR = "SELECT to_regclass('eventindex_shards') IS NOT NULL"
+
+# Turns a migrated, empty catalogue into the coordinator of shards: the map of hash slots
+# to shards, PL/Proxy's cluster configuration read from it, eventindex_lookup replaced by
+# a PL/Proxy function of the same signature, and `events`, `files` and `run_olt_counts`
+# replaced by views over the shards' tables (postgres_fdw) for the catalogue queries.
+COORDINATOR_SCHEMA = r"""
+CREATE EXTENSION IF NOT EXISTS plproxy;
+CREATE EXTENSION IF NOT EXISTS postgres_fdw;
+CREATE SCHEMA IF NOT EXISTS plproxy;
+
+CREATE TABLE eventindex_shards (
+    name     text PRIMARY KEY CHECK (name ~ '^[a-z0-9_]{1,40}$'),
+    host     text NOT NULL CHECK (host !~ '[\s'']'),
+    port     integer NOT NULL,
+    dbname   text NOT NULL CHECK (dbname !~ '[\s'']'),
+    username text NOT NULL CHECK (username !~ '[\s'']'),
+    password text CHECK (password !~ '[\s'']')
+);
+
+-- Runs are spread by hashint4(run_number) over a fixed power-of-two number of slots; each
+-- slot lives on one shard. Adding a shard moves whole slots.
+CREATE TABLE eventindex_shard_slots (
+    slot  integer PRIMARY KEY CHECK (slot >= 0),
+    shard text NOT NULL REFERENCES eventindex_shards (name)
+);
+
+CREATE SEQUENCE eventindex_shard_map_version;
+
+CREATE FUNCTION plproxy.get_cluster_version(cluster_name text) RETURNS integer
+LANGUAGE sql STABLE AS $$
+    SELECT last_value::integer FROM eventindex_shard_map_version
+$$;
+
+CREATE FUNCTION plproxy.get_cluster_partitions(cluster_name text) RETURNS SETOF text
+LANGUAGE sql STABLE AS $$
+    SELECT format('host=%s port=%s dbname=%s user=%s connect_timeout=5', s.host, s.port,
+                  s.dbname, s.username)
+           || coalesce(' password=' || s.password, '')
+    FROM eventindex_shard_slots AS m JOIN eventindex_shards AS s ON s.name = m.shard
+    ORDER BY m.slot
+$$;
+
+CREATE FUNCTION plproxy.get_cluster_config(cluster_name text, OUT key text, OUT val text)
+RETURNS SETOF record LANGUAGE sql STABLE AS $$
+    VALUES ('connection_lifetime', '1800')
+$$;
+
+DROP FUNCTION eventindex_lookup(integer[], bigint[]);
+
+-- Same signature as on a single server: each shard gets the pairs of its own runs and
+-- answers with its own eventindex_lookup.
+CREATE FUNCTION eventindex_lookup(runs integer[], events bigint[])
+RETURNS TABLE (run_number integer, event_number bigint, olt_result integer, dsid_raw integer,
+               fuid_raw uuid)
+LANGUAGE plproxy AS $$
+    CLUSTER 'eventindex';
+    SPLIT runs, events;
+    RUN ON hashint4(runs);
+$$;
+
+-- (Re)creates a foreign server and schema per shard and the views over them.
+CREATE FUNCTION eventindex_shard_views() RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    s record;
+    t text;
+    parts text;
+BEGIN
+    FOR s IN SELECT * FROM eventindex_shards ORDER BY name LOOP
+        CONTINUE WHEN EXISTS (
+            SELECT 1 FROM pg_foreign_server WHERE srvname = 'shard_' || s.name);
+        EXECUTE format(
+            'CREATE SERVER %I FOREIGN DATA WRAPPER postgres_fdw OPTIONS (host %L, port %L, '
+            'dbname %L, async_capable ''true'', fetch_size ''10000'', connect_timeout ''5'')',
+            'shard_' || s.name, s.host, s.port::text, s.dbname);
+        EXECUTE format('CREATE USER MAPPING FOR PUBLIC SERVER %I OPTIONS (user %L%s)',
+            'shard_' || s.name, s.username,
+            CASE WHEN s.password IS NULL THEN '' ELSE format(', password %L', s.password) END);
+        EXECUTE format('CREATE SCHEMA %I', 'shard_' || s.name);
+        EXECUTE format('IMPORT FOREIGN SCHEMA public LIMIT TO (events, files, run_olt_counts) '
+                       'FROM SERVER %I INTO %I', 'shard_' || s.name, 'shard_' || s.name);
+    END LOOP;
+    FOREACH t IN ARRAY ARRAY['events', 'files', 'run_olt_counts'] LOOP
+        SELECT string_agg(format('SELECT * FROM %I.%I', 'shard_' || name, t), ' UNION ALL '
+                          ORDER BY name)
+        INTO parts FROM eventindex_shards;
+        EXECUTE format('CREATE OR REPLACE VIEW %I AS %s', t, parts);
+    END LOOP;
+END
+$$;
+"""
+
+# The coordinator holds no events itself: its own tables give way to the views.
+COORDINATOR_EMPTY = "SELECT NOT EXISTS (SELECT 1 FROM events) AND NOT EXISTS (SELECT 1 FROM files)"
+DROP_LOCAL_EVENT_TABLES = "DROP TABLE events, files, run_olt_counts"
+
+ADD_SHARD = """
+INSERT INTO eventindex_shards (name, host, port, dbname, username, password)
+VALUES ($1, $2, $3, $4, $5, $6)
+"""
+
+ASSIGN_SLOTS = """
+INSERT INTO eventindex_shard_slots (slot, shard)
+SELECT slot, shard FROM unnest($1::integer[], $2::text[]) AS u (slot, shard)
+ON CONFLICT (slot) DO UPDATE SET shard = EXCLUDED.shard
+"""
+
+BUMP_SHARD_MAP = "SELECT nextval('eventindex_shard_map_version')"
+
+SHARD_VIEWS = "SELECT eventindex_shard_views()"
+
+SHARDS = "SELECT name, host, port, dbname, username, password FROM eventindex_shards ORDER BY name"
+
+SHARD_SLOTS = "SELECT slot, shard FROM eventindex_shard_slots ORDER BY slot"
+
+# Runs a shard holds whose slot is $1 of $2 slots.
+RUNS_OF_SLOT = """
+SELECT DISTINCT run_number FROM run_olt_counts
+WHERE (hashint4(run_number) & ($2 - 1)) = $1
+ORDER BY run_number
+"""
+
+EVENTS_OF_RUNS = """
+SELECT run_number, event_number, olt_result, dsid_raw, fuid_raw FROM events
+WHERE run_number = ANY($1::integer[])
+"""
+
+DELETE_EVENTS_OF_RUNS = "DELETE FROM events WHERE run_number = ANY($1::integer[])"
+
+ALL_DATASETS = "SELECT id, name, data_type, description, created_at, metadata FROM datasets"
+
+# A shard keeps a copy of the datasets (its loads check them); they only ever grow.
+SYNC_DATASETS = """
+INSERT INTO datasets (id, name, data_type, description, created_at, metadata)
+SELECT * FROM unnest($1::integer[], $2::text[], $3::text[], $4::text[], $5::timestamptz[],
+                     $6::jsonb[])
+ON CONFLICT (id) DO NOTHING
+"""
+
+PREPARED_TRANSACTIONS = "SELECT gid FROM pg_prepared_xacts WHERE gid LIKE 'eventindex-%'"

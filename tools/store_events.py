@@ -38,9 +38,11 @@ import re
 import sys
 import tempfile
 import time
+import uuid
 import zlib
+from array import array
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from io import BufferedIOBase
 from pathlib import Path
@@ -48,7 +50,7 @@ from typing import IO, Any
 
 import asyncpg
 
-from eventindex import queries
+from eventindex import queries, sharding
 from eventindex.db import UNAVAILABLE_ERRORS
 
 READ_SIZE = 1 << 20
@@ -66,12 +68,20 @@ class LoadError(Exception):
 class Source:
     """An input file (or stdin) that can be read twice: once fast, once carefully."""
 
-    def __init__(self, name: str, path: Path | None) -> None:
+    def __init__(self, name: str, path: Path | None, line_map: array[int] | None = None) -> None:
         self.name = name
         self.path = path
+        # For a shard's part of a file: the original line of each of its data rows.
+        self.line_map = line_map
         self._tee: IO[bytes] | None = None
         self._stdin_done = False
         self._decompressor: Any = None
+
+    def line(self, line: int) -> int:
+        """The line of the original file that line ``line`` of this one is."""
+        if self.line_map is None or line < 2:
+            return line
+        return int(self.line_map[line - 2])
 
     @property
     def size(self) -> int | None:
@@ -221,6 +231,8 @@ class FileResult:
     seconds: float
     previous_load: int | None = None
     careful: bool = False
+    # Loads on a shard are recorded by the coordinator: they hand their conflicts over.
+    conflict_rows: list[tuple[Any, ...]] = field(default_factory=list)
 
     def summary(self) -> str:
         rate = self.rows / self.seconds if self.seconds else 0.0
@@ -237,13 +249,13 @@ class FileResult:
         return text
 
 
-def _copy_error(name: str, exc: asyncpg.PostgresError) -> LoadError:
+def _copy_error(source: Source, exc: asyncpg.PostgresError) -> LoadError:
     """One line naming the line, column and value PostgreSQL objected to."""
     context = getattr(exc, "context", None) or ""
     match = _COPY_CONTEXT.search(context)
-    where = f"{name}: "
+    where = f"{source.name}: "
     if match:
-        where += f"line {match.group(1)}"
+        where += f"line {source.line(int(match.group(1)))}"
         if match.group(2):
             where += f", column {match.group(2)}"
         if match.group(3) is not None:
@@ -295,6 +307,12 @@ class Loader:
     progress_stream: IO[str] = sys.stderr
     progress_interval: float = 10.0
     work_mem: str = "1GB"
+    # False on a shard: the coordinator records the load (and its conflicts) instead.
+    record: bool = True
+    # True on a shard: no temporary tables, which two-phase commit forbids.
+    private_stage: bool = False
+    _stage_schema: str = ""
+    _search_path: str = ""
 
     def _progress(self, source: Source) -> Progress:
         return Progress(source.name, source.size, self.progress_stream, self.progress_interval)
@@ -325,7 +343,7 @@ class Loader:
             try:
                 await self._copy("dataset_stage", source, columns)
             except asyncpg.DataError as exc:
-                raise _copy_error(source.name, exc) from None
+                raise _copy_error(source, exc) from None
             bad = await self.conn.fetchrow(queries.DATASET_BAD_ROW)
             if bad is not None:
                 raise LoadError(
@@ -356,23 +374,23 @@ class Loader:
         try:
             async with self.conn.transaction():
                 rows = await self._copy("events", source, columns, digest) - 1
-                load_id = await self.conn.fetchval(
-                    queries.RECORD_LOAD,
-                    source.name,
-                    digest.hexdigest(),
-                    rows,
-                    rows,
-                    0,
-                    0,
-                    started_at,
-                )
-                assert load_id is not None
+                if self.record:
+                    await self.conn.fetchval(
+                        queries.RECORD_LOAD,
+                        source.name,
+                        digest.hexdigest(),
+                        rows,
+                        rows,
+                        0,
+                        0,
+                        started_at,
+                    )
             return FileResult(source.name, rows, rows, 0, 0, time.monotonic() - started)
         except (asyncpg.UniqueViolationError, asyncpg.ForeignKeyViolationError):
             pass  # rolled back to the savepoint: classify every row
         except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
             if not _needs_partition(exc):
-                raise _copy_error(source.name, exc) from None
+                raise _copy_error(source, exc) from None
             if not retry_partitions:
                 # New runs: make their partitions (all of the file's at once), then again.
                 await self.conn.fetchval(
@@ -388,27 +406,32 @@ class Loader:
     ) -> FileResult:
         digest = hashlib.sha256()
         conn = self.conn
+        stage = queries.private_stage if self.private_stage else (lambda sql: sql)
         async with conn.transaction():
-            await conn.execute(queries.CREATE_EVENT_STAGE)
+            if self.private_stage:
+                await self._open_private_stage()
+            await conn.execute(stage(queries.CREATE_EVENT_STAGE))
             try:
                 rows = await self._copy("event_stage", source, columns, digest) - 1
             except asyncpg.DataError as exc:
-                raise _copy_error(source.name, exc) from None
+                raise _copy_error(source, exc) from None
             rows = await conn.fetchval("SELECT count(*) FROM event_stage")
             bad = await conn.fetchrow(queries.EVENT_BAD_ROW)
             if bad is not None:
                 raise LoadError(
-                    f"{source.name}: line {bad['line'] + 1}: a value is missing or negative "
+                    f"{source.name}: line {source.line(bad['line'] + 1)}: "
+                    "a value is missing or negative "
                     f"({', '.join(f'{k}={bad[k]}' for k in queries.EVENT_COLUMNS)})"
                 )
             unknown = await conn.fetchrow(queries.EVENT_UNKNOWN_DATASET)
             if unknown is not None:
                 raise LoadError(
-                    f"{source.name}: line {unknown['line'] + 1}, column dsid_raw, value "
+                    f"{source.name}: line {source.line(unknown['line'] + 1)}, "
+                    "column dsid_raw, value "
                     f"'{unknown['dsid_raw']}': dataset {unknown['dsid_raw']} does not exist "
                     "(load its datasets.csv first)"
                 )
-            await conn.execute(queries.CREATE_EVENT_DUPLICATES)
+            await conn.execute(stage(queries.CREATE_EVENT_DUPLICATES))
             counts = await conn.fetchrow(queries.DUPLICATE_COUNTS)
             assert counts is not None
             identical, conflicts = int(counts["identical"]), int(counts["conflicting"])
@@ -416,7 +439,7 @@ class Loader:
                 first = await conn.fetch(queries.FIRST_CONFLICTS, 1)
                 c = first[0]
                 raise LoadError(
-                    f"{source.name}: line {c['line'] + 1}: conflicting duplicate: run "
+                    f"{source.name}: line {source.line(c['line'] + 1)}: conflicting duplicate: run "
                     f"{c['run_number']} event {c['event_number']} is in file "
                     f"{c['kept_fuid_raw']} (dataset {c['kept_dsid_raw']}, "
                     f"olt {c['kept_olt_result']})"
@@ -426,22 +449,32 @@ class Loader:
                 )
             await conn.fetchval(queries.ADD_PARTITIONS_FOR_STAGE)
             inserted = _count(await conn.execute(queries.INSERT_STAGED_EVENTS))
-            load_id = await conn.fetchval(
-                queries.RECORD_LOAD,
-                source.name,
-                digest.hexdigest(),
-                rows,
-                inserted,
-                identical,
-                conflicts,
-                started_at,
-            )
-            if conflicts:
-                await conn.execute(queries.RECORD_CONFLICTS, load_id)
-                if self.report is not None:
-                    await self._write_report(source.name)
-            previous = await conn.fetchval(queries.PREVIOUS_LOAD, digest.hexdigest())
+            load_id = previous = None
+            conflict_rows: list[tuple[Any, ...]] = []
+            if self.record:
+                load_id = await conn.fetchval(
+                    queries.RECORD_LOAD,
+                    source.name,
+                    digest.hexdigest(),
+                    rows,
+                    inserted,
+                    identical,
+                    conflicts,
+                    started_at,
+                )
+                if conflicts:
+                    await conn.execute(queries.RECORD_CONFLICTS, load_id)
+                    if self.report is not None:
+                        await self._write_report(source)
+                previous = await conn.fetchval(queries.PREVIOUS_LOAD, digest.hexdigest())
+            elif conflicts:
+                conflict_rows = [
+                    (source.line(r["line"] + 1), *list(r.values())[1:])
+                    for r in await conn.fetch(queries.ALL_CONFLICTS)
+                ]
             await conn.execute("DROP TABLE event_duplicates; DROP TABLE event_stage")
+            if self.private_stage:
+                await self._close_private_stage()
         return FileResult(
             source.name,
             rows,
@@ -451,30 +484,50 @@ class Loader:
             time.monotonic() - started,
             previous_load=previous if previous != load_id else None,
             careful=True,
+            conflict_rows=conflict_rows,
         )
 
-    async def _write_report(self, name: str) -> None:
+    async def _open_private_stage(self) -> None:
+        self._stage_schema = f"eventindex_load_{uuid.uuid4().hex}"
+        self._search_path = await self.conn.fetchval(queries.SEARCH_PATH)
+        await self.conn.execute(queries.CREATE_STAGE_SCHEMA.format(schema=self._stage_schema))
+        await self.conn.execute(queries.OPEN_PRIVATE_STAGE, self._stage_schema)
+
+    async def _close_private_stage(self) -> None:
+        await self.conn.execute(queries.CLOSE_PRIVATE_STAGE.format(schema=self._stage_schema))
+        await self.conn.execute(queries.RESTORE_SEARCH_PATH, self._search_path)
+
+    async def _write_report(self, source: Source) -> None:
         assert self.report is not None
-        new_file = not self.report.exists()
-        with self.report.open("a", newline="") as f:
-            writer = csv.writer(f)
-            if new_file:
-                writer.writerow(
-                    [
-                        "source",
-                        "line",
-                        "run_number",
-                        "event_number",
-                        "olt_result",
-                        "dsid_raw",
-                        "fuid_raw",
-                        "kept_olt_result",
-                        "kept_dsid_raw",
-                        "kept_fuid_raw",
-                    ]
-                )
-            async for r in self.conn.cursor(queries.ALL_CONFLICTS):
-                writer.writerow([name, r["line"] + 1, *list(r.values())[1:]])
+        rows = [
+            (source.line(r["line"] + 1), *list(r.values())[1:])
+            async for r in self.conn.cursor(queries.ALL_CONFLICTS)
+        ]
+        write_report(self.report, source.name, rows)
+
+
+REPORT_COLUMNS = (
+    "source",
+    "line",
+    "run_number",
+    "event_number",
+    "olt_result",
+    "dsid_raw",
+    "fuid_raw",
+    "kept_olt_result",
+    "kept_dsid_raw",
+    "kept_fuid_raw",
+)
+
+
+def write_report(path: Path, name: str, rows: list[tuple[Any, ...]]) -> None:
+    """Append conflicting duplicates (line first) to the CSV report."""
+    new_file = not path.exists()
+    with path.open("a", newline="") as f:
+        writer = csv.writer(f)
+        if new_file:
+            writer.writerow(REPORT_COLUMNS)
+        writer.writerows([name, *row] for row in rows)
 
 
 # --- command line ----------------------------------------------------------------------
@@ -536,14 +589,18 @@ async def run(args: argparse.Namespace) -> int:
         raise LoadError(f"cannot connect to the database: {exc}") from None
     except asyncpg.PostgresError as exc:
         raise LoadError(f"cannot connect to the database: {exc}") from None
+    report = Path(args.conflicts_report) if args.conflicts_report else None
     loader = Loader(
         conn,
         on_conflict=args.on_conflict,
-        report=Path(args.conflicts_report) if args.conflicts_report else None,
+        report=report,
         progress_interval=args.progress_interval,
     )
     results: list[FileResult] = []
     try:
+        if await sharding.is_coordinator(conn):
+            results = await load_sharded(loader, dataset_sources, event_sources)
+            return _print_results(results)
         async with conn.transaction():
             for source in dataset_sources:
                 n = await loader.load_datasets(source)
@@ -552,13 +609,178 @@ async def run(args: argparse.Namespace) -> int:
                 results.append(await loader.load_events(source))
     except asyncpg.UndefinedTableError:
         raise LoadError("the database is not migrated: run 'eventindex migrate'") from None
+    except sharding.ShardingError as exc:
+        raise LoadError(str(exc)) from None
     finally:
         for source in [*dataset_sources, *event_sources]:
             source.close()
         await conn.close()
+    return _print_results(results)
+
+
+def _print_results(results: list[FileResult]) -> int:
     for result in results:
         print(result.summary())
     return 0
+
+
+# --- sharded catalogues ------------------------------------------------------------------
+
+
+class ShardParts:
+    """An events file split by shard: a CSV file per shard holding that shard's rows,
+    and for each of its rows the line it had in the original file."""
+
+    def __init__(self, source: Source, columns: list[str], shard_map: sharding.ShardMap) -> None:
+        self.source = source
+        self.digest = hashlib.sha256()
+        self.rows = 0
+        self._index = columns.index("run_number")
+        self._map = shard_map
+        self._shard_of_run: dict[bytes, str] = {}
+        self._header = b""
+        self.files: dict[str, IO[bytes]] = {}
+        self.lines: dict[str, array[int]] = {}
+
+    def _shard(self, line: bytes) -> str:
+        fields = line.split(b",", self._index + 1)
+        key = fields[self._index].strip() if len(fields) > self._index else b""
+        name = self._shard_of_run.get(key)
+        if name is None:
+            try:
+                name = self._map.shard_of(int(key)).name
+            except ValueError:
+                # Not a run number: any shard's COPY will name the line and value.
+                name = self._map.slots[0]
+            self._shard_of_run[key] = name
+        return name
+
+    def split(self) -> None:
+        rest = b""
+        number = 0
+        for chunk in self.source.chunks():
+            self.digest.update(chunk)
+            data = rest + chunk
+            cut = data.rfind(b"\n") + 1
+            rest = data[cut:]
+            for line in data[:cut].split(b"\n")[:-1]:
+                number += 1
+                self._add(number, line + b"\n")
+        if rest:
+            self._add(number + 1, rest + b"\n")
+
+    def _add(self, number: int, line: bytes) -> None:
+        if number == 1:
+            self._header = line
+            return
+        if not line.strip():
+            return
+        self.rows += 1
+        name = self._shard(line)
+        out = self.files.get(name)
+        if out is None:
+            out = self.files[name] = tempfile.TemporaryFile(prefix="eventindex-shard-")  # noqa: SIM115
+            out.write(self._header)
+            self.lines[name] = array("q")
+        out.write(line)
+        self.lines[name].append(number)
+
+    def sources(self) -> dict[str, Source]:
+        parts: dict[str, Source] = {}
+        for name, out in self.files.items():
+            out.flush()
+            out.seek(0)
+            path = Path(f"/dev/fd/{out.fileno()}")
+            parts[name] = Source(self.source.name, path, self.lines[name])
+        return parts
+
+    def close(self) -> None:
+        for out in self.files.values():
+            out.close()
+
+
+async def load_sharded(
+    loader: Loader, dataset_sources: list[Source], event_sources: list[Source]
+) -> list[FileResult]:
+    """Datasets to the coordinator (and copies to every shard); each events file split by
+    the shard map, every shard loading its part with the usual checks; the loads recorded
+    on the coordinator; all of it one two-phase commit over every server."""
+    coordinator = loader.conn
+    shard_map = await sharding.ShardMap.load(coordinator)
+    results: list[FileResult] = []
+    async with sharding.shard_connections(shard_map) as conns:
+        commit = sharding.TwoPhase()
+        try:
+            await commit.begin("the coordinator", coordinator, decides=True)
+            for name, conn in conns.items():
+                await commit.begin(f"shard {name}", conn)
+            for source in dataset_sources:
+                n = await loader.load_datasets(source)
+                print(f"{source.name}: {n} new datasets")
+            for conn in conns.values():
+                await sharding.sync_datasets(coordinator, conn)
+            for source in event_sources:
+                results.append(await _load_sharded_file(loader, source, conns, shard_map))
+        except BaseException:
+            await commit.rollback()
+            raise
+        await commit.commit()
+    return results
+
+
+async def _load_sharded_file(
+    loader: Loader,
+    source: Source,
+    conns: dict[str, asyncpg.Connection],
+    shard_map: sharding.ShardMap,
+) -> FileResult:
+    started, started_at = time.monotonic(), datetime.now(UTC)
+    columns = header_columns(source, queries.EVENT_COLUMNS, queries.EVENT_COLUMNS)
+    parts = ShardParts(source, columns, shard_map)
+    try:
+        parts.split()
+        total = FileResult(source.name, parts.rows, 0, 0, 0, 0.0)
+        for name, part in sorted(parts.sources().items()):
+            shard_loader = Loader(
+                conns[name],
+                on_conflict=loader.on_conflict,
+                progress_stream=loader.progress_stream,
+                progress_interval=loader.progress_interval,
+                record=False,
+                private_stage=True,
+            )
+            result = await shard_loader.load_events(part)
+            total.inserted += result.inserted
+            total.identical += result.identical
+            total.conflicts += result.conflicts
+            total.conflict_rows += result.conflict_rows
+    finally:
+        parts.close()
+    coordinator = loader.conn
+    digest = parts.digest.hexdigest()
+    load_id = await coordinator.fetchval(
+        queries.RECORD_LOAD,
+        source.name,
+        digest,
+        total.rows,
+        total.inserted,
+        total.identical,
+        total.conflicts,
+        started_at,
+    )
+    total.conflict_rows.sort(key=lambda row: row[0])
+    if total.conflict_rows:
+        await coordinator.executemany(
+            queries.RECORD_CONFLICT_ROW,
+            # Recorded as the single-server loader does: the number of the data row.
+            [(load_id, row[0] - 1, *row[1:]) for row in total.conflict_rows],
+        )
+        if loader.report is not None:
+            write_report(loader.report, source.name, total.conflict_rows)
+    previous = await coordinator.fetchval(queries.PREVIOUS_LOAD, digest)
+    total.previous_load = previous if previous != load_id else None
+    total.seconds = time.monotonic() - started
+    return total
 
 
 def build_parser() -> argparse.ArgumentParser:

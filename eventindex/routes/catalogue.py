@@ -13,7 +13,7 @@ from fastapi.responses import StreamingResponse
 from eventindex import catalogue, queries
 from eventindex.auth import require
 from eventindex.config import MAX_EVENT_NUMBER, MAX_RUN_NUMBER
-from eventindex.db import PoolDep, SettingsDep, acquire
+from eventindex.db import ReadPoolDep, SettingsDep, acquire
 from eventindex.problems import Problem
 from eventindex.schemas import (
     ConsistencyReport,
@@ -51,7 +51,7 @@ Bits = Annotated[str | None, Query(max_length=1000, description="decision names,
 
 @router.get("/datasets", response_model=DatasetPage, responses=_ERRORS)
 async def list_datasets(
-    pool: PoolDep,
+    pool: ReadPoolDep,
     settings: SettingsDep,
     after: Annotated[int, Query(ge=-1, le=MAX_RUN_NUMBER)] = -1,
     limit: Limit = 100,
@@ -63,7 +63,7 @@ async def list_datasets(
 
 
 @router.get("/datasets/{dataset}", response_model=DatasetSummary, responses=_ERRORS)
-async def get_dataset(dataset: DatasetId, pool: PoolDep, settings: SettingsDep) -> Any:
+async def get_dataset(dataset: DatasetId, pool: ReadPoolDep, settings: SettingsDep) -> Any:
     async with acquire(pool, settings.pool_acquire_timeout) as conn:
         items = await catalogue.dataset_page(conn, dataset, -1, 1)
     if not items:
@@ -74,7 +74,7 @@ async def get_dataset(dataset: DatasetId, pool: PoolDep, settings: SettingsDep) 
 @router.get("/datasets/{dataset}/files", response_model=FilePage, responses=_ERRORS)
 async def list_dataset_files(
     dataset: DatasetId,
-    pool: PoolDep,
+    pool: ReadPoolDep,
     settings: SettingsDep,
     after_run: Annotated[int, Query(ge=-1, le=MAX_RUN_NUMBER)] = -1,
     after_fuid: UUID = _NIL_UUID,
@@ -92,7 +92,7 @@ async def list_dataset_files(
 @router.get("/datasets/{dataset}/consistency", response_model=ConsistencyReport, responses=_ERRORS)
 async def dataset_consistency(
     dataset: DatasetId,
-    pool: PoolDep,
+    pool: ReadPoolDep,
     settings: SettingsDep,
     gaps: bool = False,
     limit: Limit = 100,
@@ -105,7 +105,7 @@ async def dataset_consistency(
 
 
 @router.get("/files/{fuid}", response_model=FileInfo, responses=_ERRORS)
-async def get_file(fuid: UUID, pool: PoolDep, settings: SettingsDep) -> Any:
+async def get_file(fuid: UUID, pool: ReadPoolDep, settings: SettingsDep) -> Any:
     async with acquire(pool, settings.pool_acquire_timeout) as conn:
         row = await conn.fetchrow(queries.FILE_INFO, fuid)
     if row is None:
@@ -114,7 +114,7 @@ async def get_file(fuid: UUID, pool: PoolDep, settings: SettingsDep) -> Any:
 
 
 @router.get("/files/{fuid}/events", response_class=StreamingResponse, responses=_NDJSON_DOC)
-async def file_events(fuid: UUID, pool: PoolDep, settings: SettingsDep) -> StreamingResponse:
+async def file_events(fuid: UUID, pool: ReadPoolDep, settings: SettingsDep) -> StreamingResponse:
     """The file's events (run, event, decisions) as NDJSON, in event order."""
     async with acquire(pool, settings.pool_acquire_timeout) as conn:
         info = await conn.fetchrow(queries.FILE_INFO, fuid)
@@ -135,7 +135,7 @@ async def file_events(fuid: UUID, pool: PoolDep, settings: SettingsDep) -> Strea
 
 @router.get("/runs", response_model=RunPage, responses=_ERRORS)
 async def list_runs(
-    pool: PoolDep,
+    pool: ReadPoolDep,
     settings: SettingsDep,
     after: Annotated[int, Query(ge=-1, le=MAX_RUN_NUMBER)] = -1,
     dataset: DatasetFilter = None,
@@ -148,7 +148,7 @@ async def list_runs(
 
 
 @router.get("/runs/{run}", response_model=RunDetail, responses=_ERRORS)
-async def get_run(run: Run, pool: PoolDep, settings: SettingsDep) -> Any:
+async def get_run(run: Run, pool: ReadPoolDep, settings: SettingsDep) -> Any:
     """A run's counts, and how many of its events each Online Filter decision selected."""
     async with acquire(pool, settings.pool_acquire_timeout) as conn:
         page = await conn.fetch(queries.RUN_PAGE, run - 1, None, 1)
@@ -186,7 +186,7 @@ SelectionDep = Annotated[SelectionQuery, Depends()]
 @router.get("/selection/count", response_model=SelectionCount, responses=_ERRORS)
 async def selection_count(
     selection: SelectionDep,
-    pool: PoolDep,
+    pool: ReadPoolDep,
     settings: SettingsDep,
     group_by: Literal["none", "run", "dataset"] = "none",
 ) -> Any:
@@ -201,7 +201,7 @@ async def selection_count(
 @router.get("/selection/events", response_class=StreamingResponse, responses=_NDJSON_DOC)
 async def selection_events(
     selection: SelectionDep,
-    pool: PoolDep,
+    pool: ReadPoolDep,
     settings: SettingsDep,
     after_run: Annotated[int, Query(ge=-1, le=MAX_RUN_NUMBER)] = -1,
     after_event: Annotated[int, Query(ge=-1, le=MAX_EVENT_NUMBER)] = -1,
@@ -227,7 +227,7 @@ async def selection_events(
 
 @router.get("/online-filter/overlap", response_model=Overlap, responses=_ERRORS)
 async def decision_overlap(
-    pool: PoolDep,
+    pool: ReadPoolDep,
     settings: SettingsDep,
     run_min: RunMin = None,
     run_max: RunMin = None,
@@ -245,6 +245,6 @@ async def decision_overlap(
     response_model=list[OltBit],
     summary="The Online Filter decisions: the bits of olt_result",
 )
-async def list_olt_bits(pool: PoolDep, settings: SettingsDep) -> Any:
+async def list_olt_bits(pool: ReadPoolDep, settings: SettingsDep) -> Any:
     async with acquire(pool, settings.pool_acquire_timeout) as conn:
         return [dict(r) for r in await conn.fetch(queries.LIST_OLT_BITS)]

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from eventindex import lookup
 from eventindex.auth import require
 from eventindex.config import MAX_EVENT_NUMBER, MAX_RUN_NUMBER, Settings
-from eventindex.db import PoolDep, SettingsDep
+from eventindex.db import ReadPoolDep, SettingsDep
 from eventindex.pairs import PairParser, PairSyntaxError
 from eventindex.problems import Problem, validation_problem
 from eventindex.schemas import Event, LookupResponse, ProblemDetail, parse_lookup_request
@@ -40,7 +40,7 @@ _LINE_TYPES = {
 async def get_event(
     run_number: Annotated[int, Path(ge=0, le=MAX_RUN_NUMBER, examples=[1234])],
     event_number: Annotated[int, Path(ge=0, le=MAX_EVENT_NUMBER, examples=[56789])],
-    pool: PoolDep,
+    pool: ReadPoolDep,
     settings: SettingsDep,
 ) -> Response:
     row = await lookup.get_event(pool, run_number, event_number, settings.pool_acquire_timeout)
@@ -98,7 +98,7 @@ _LOOKUP_BODY_DOC: dict[str, Any] = {
 )
 async def lookup_pairs(
     request: Request,
-    pool: PoolDep,
+    pool: ReadPoolDep,
     settings: SettingsDep,
     invalid: Annotated[
         Literal["fail", "report"],
@@ -187,7 +187,7 @@ def _body_too_large(limit: int) -> Problem:
 
 async def _json_answer(
     request: Request,
-    pool: PoolDep,
+    pool: ReadPoolDep,
     settings: Settings,
     runs: list[int],
     events: list[int],

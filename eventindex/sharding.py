@@ -1,0 +1,371 @@
+"""Sharding on PostgreSQL itself: events spread over several servers by a hash of their
+run, a coordinator database that routes lookups with PL/Proxy and reads the catalogue
+through postgres_fdw, and two-phase commit for writes that span servers.
+
+The layout (docs/scaling.md): ``hashint4(run_number)`` picks one of a fixed power-of-two
+number of slots, each slot lives on one shard, and the coordinator's
+``eventindex_shard_slots`` table is the map that PL/Proxy, the loader and this module
+all read. Adding a shard moves whole slots (all the events of their runs).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Iterable
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import asyncpg
+from asyncpg.transaction import Transaction
+
+from eventindex import migrate, queries
+
+log = logging.getLogger("eventindex")
+
+DEFAULT_SLOTS = 16
+_MASK = 0xFFFFFFFF
+
+
+class ShardingError(Exception):
+    """A sharding operation that cannot go on; the message is one line for the user."""
+
+
+def _rot(x: int, k: int) -> int:
+    return ((x << k) | (x >> (32 - k))) & _MASK
+
+
+def run_hash(run: int) -> int:
+    """PostgreSQL's ``hashint4(run)`` (Bob Jenkins' lookup3 on one 32-bit word), which
+    PL/Proxy routes lookups by: the loader must route events the same way."""
+    a = b = c = (0x9E3779B9 + 4 + 3923095) & _MASK
+    a = (a + (run & _MASK)) & _MASK
+    c ^= b
+    c = (c - _rot(b, 14)) & _MASK
+    a ^= c
+    a = (a - _rot(c, 11)) & _MASK
+    b ^= a
+    b = (b - _rot(a, 25)) & _MASK
+    c ^= b
+    c = (c - _rot(b, 16)) & _MASK
+    a ^= c
+    a = (a - _rot(c, 4)) & _MASK
+    b ^= a
+    b = (b - _rot(a, 14)) & _MASK
+    c ^= b
+    c = (c - _rot(b, 24)) & _MASK
+    return c - (1 << 32) if c >= 1 << 31 else c
+
+
+def slot_of(run: int, slots: int) -> int:
+    return run_hash(run) & (slots - 1)
+
+
+@dataclass(frozen=True)
+class Shard:
+    name: str
+    host: str
+    port: int
+    dbname: str
+    username: str
+    password: str | None = None
+
+    @classmethod
+    def from_url(cls, name: str, url: str) -> Shard:
+        parts = urlsplit(url)
+        if parts.scheme not in ("postgresql", "postgres") or not parts.hostname:
+            raise ShardingError(f"shard {name}: {url!r} is not a postgresql://host/db URL")
+        return cls(
+            name=name,
+            host=parts.hostname,
+            port=parts.port or 5432,
+            dbname=unquote(parts.path.lstrip("/")) or "postgres",
+            username=unquote(parts.username or "postgres"),
+            password=unquote(parts.password) if parts.password else None,
+        )
+
+    @property
+    def url(self) -> str:
+        auth = self.username + (f":{self.password}" if self.password else "")
+        return f"postgresql://{auth}@{self.host}:{self.port}/{self.dbname}"
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}/{self.dbname}"
+
+
+@dataclass(frozen=True)
+class ShardMap:
+    shards: dict[str, Shard]
+    slots: list[str]  # slot -> shard name
+
+    def shard_of(self, run: int) -> Shard:
+        return self.shards[self.slots[slot_of(run, len(self.slots))]]
+
+    @classmethod
+    async def load(cls, conn: asyncpg.Connection) -> ShardMap:
+        shards = {r["name"]: Shard(**dict(r)) for r in await conn.fetch(queries.SHARDS)}
+        slots = [r["shard"] for r in await conn.fetch(queries.SHARD_SLOTS)]
+        return cls(shards, slots)
+
+
+async def is_coordinator(conn: asyncpg.Connection) -> bool:
+    return bool(await conn.fetchval(queries.IS_COORDINATOR))
+
+
+async def _connect(shard: Shard) -> asyncpg.Connection:
+    try:
+        return await asyncpg.connect(shard.url, timeout=10)
+    except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+        raise ShardingError(f"shard {shard.name} ({shard.address}) unreachable: {exc}") from None
+
+
+async def _prepare_shard(shard: Shard, conn: asyncpg.Connection) -> None:
+    """Migrate a shard and give it the coordinator's datasets."""
+    await migrate.apply(conn)
+
+
+async def sync_datasets(coordinator: asyncpg.Connection, shard: asyncpg.Connection) -> None:
+    rows = await coordinator.fetch(queries.ALL_DATASETS)
+    columns: list[list[Any]] = [[r[i] for r in rows] for i in range(6)]
+    await shard.execute(queries.SYNC_DATASETS, *columns)
+
+
+class TwoPhase:
+    """One transaction on each of several servers, committed together (two-phase commit).
+
+    Every transaction but the deciding one is prepared first; if any cannot be, all are
+    rolled back and nothing changed anywhere. Then all are committed in the order they
+    were begun, the deciding one with a plain COMMIT: if that fails, the prepared ones
+    not yet committed are rolled back. A server lost after the decision keeps its
+    prepared transaction, which the error names, to be finished with COMMIT PREPARED.
+    """
+
+    def __init__(self) -> None:
+        self.gid = f"eventindex-{uuid.uuid4()}"
+        self._members: list[tuple[str, asyncpg.Connection, Transaction, bool]] = []
+        self._ended: set[int] = set()  # members whose transaction is over on this side
+
+    async def begin(self, label: str, conn: asyncpg.Connection, *, decides: bool = False) -> None:
+        tr = conn.transaction()
+        await tr.start()
+        self._members.append((label, conn, tr, decides))
+
+    async def rollback(self, prepared: Iterable[tuple[str, asyncpg.Connection, str]] = ()) -> None:
+        for i, (_label, conn, tr, _) in enumerate(self._members):
+            if not conn.is_closed() and i not in self._ended:
+                with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                    await tr.rollback()
+        for _label, conn, gid in prepared:
+            try:
+                await conn.execute(f"ROLLBACK PREPARED '{gid}'")
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                log.warning("could not roll back prepared transaction %s", gid)
+        self._members.clear()
+        self._ended.clear()
+
+    async def commit(self) -> None:
+        prepared: dict[int, tuple[str, asyncpg.Connection, str]] = {}
+        try:
+            for i, (label, conn, tr, decides) in enumerate(self._members):
+                if decides:
+                    continue
+                gid = f"{self.gid}-{i}"
+                await conn.execute(f"PREPARE TRANSACTION '{gid}'")
+                prepared[i] = (label, conn, gid)
+                self._ended.add(i)
+                # The server has ended the transaction; asyncpg's record of it is closed
+                # too (its COMMIT outside a transaction is only a warning).
+                await tr.commit()
+        except BaseException:
+            await self.rollback(prepared.values())
+            raise
+        unfinished = []
+        for i, (label, conn, tr, decides) in enumerate(self._members):
+            if decides:
+                try:
+                    await tr.commit()
+                except BaseException:
+                    self._ended.add(i)
+                    await self.rollback(v for k, v in prepared.items() if k > i)
+                    raise
+                continue
+            _, _, gid = prepared[i]
+            try:
+                await conn.execute(f"COMMIT PREPARED '{gid}'")
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                unfinished.append(f"on {label}: COMMIT PREPARED '{gid}' ({exc})")
+        self._members.clear()
+        self._ended.clear()
+        if unfinished:
+            raise ShardingError(
+                "committed only in part; when the servers are back, run " + "; ".join(unfinished)
+            )
+
+
+@asynccontextmanager
+async def shard_connections(shard_map: ShardMap) -> AsyncIterator[dict[str, asyncpg.Connection]]:
+    async with AsyncExitStack() as stack:
+        conns: dict[str, asyncpg.Connection] = {}
+        for name, shard in shard_map.shards.items():
+            conn = await _connect(shard)
+            stack.push_async_callback(conn.close)
+            conns[name] = conn
+        yield conns
+
+
+def _even_slots(names: list[str], slots: int) -> list[str]:
+    return [names[i % len(names)] for i in range(slots)]
+
+
+async def init(
+    coordinator_url: str, shards: dict[str, str], slots: int = DEFAULT_SLOTS
+) -> ShardMap:
+    """Make ``coordinator_url`` (a migrated catalogue with no events) the coordinator of
+    the given shards (name -> URL), with ``slots`` slots spread evenly over them."""
+    if slots < 1 or slots & (slots - 1):
+        raise ShardingError(f"--slots must be a power of two, not {slots}")
+    if not shards:
+        raise ShardingError("name at least one shard")
+    members = [Shard.from_url(name, url) for name, url in shards.items()]
+    shard_map = ShardMap({s.name: s for s in members}, _even_slots(sorted(shards), slots))
+    coordinator = await asyncpg.connect(coordinator_url, timeout=10)
+    try:
+        await migrate.apply(coordinator)
+        if await is_coordinator(coordinator):
+            raise ShardingError("this database is already a coordinator (use 'shards add')")
+        async with shard_connections(shard_map) as conns:
+            for shard in members:
+                await _prepare_shard(shard, conns[shard.name])
+            async with coordinator.transaction():
+                if not await coordinator.fetchval(queries.COORDINATOR_EMPTY):
+                    raise ShardingError(
+                        "the coordinator holds events; shard a new, empty catalogue (an "
+                        "existing one can become a shard: docs/scaling.md)"
+                    )
+                await coordinator.execute(queries.COORDINATOR_SCHEMA)
+                await coordinator.execute(queries.DROP_LOCAL_EVENT_TABLES)
+                for s in members:
+                    await coordinator.execute(
+                        queries.ADD_SHARD, s.name, s.host, s.port, s.dbname, s.username, s.password
+                    )
+                await coordinator.execute(queries.ASSIGN_SLOTS, list(range(slots)), shard_map.slots)
+                await coordinator.execute(queries.BUMP_SHARD_MAP)
+                await coordinator.execute(queries.SHARD_VIEWS)
+            for shard in members:
+                await sync_datasets(coordinator, conns[shard.name])
+    finally:
+        await coordinator.close()
+    return shard_map
+
+
+async def _move_runs(
+    source: asyncpg.Connection, target: asyncpg.Connection, runs: list[int]
+) -> int:
+    """Copy the events of ``runs`` from one shard to another (both in transactions)."""
+    await target.execute(queries.ADD_PARTITIONS, runs)
+    with tempfile.TemporaryFile(prefix="eventindex-move-") as buffer:
+        await source.copy_from_query(queries.EVENTS_OF_RUNS, runs, output=buffer, format="binary")
+        buffer.seek(0)
+        status = await target.copy_to_table(
+            "events", source=buffer, columns=list(queries.EVENT_COLUMNS), format="binary"
+        )
+    return int(status.split()[-1])
+
+
+async def add(coordinator_url: str, name: str, url: str) -> dict[int, int]:
+    """Add a shard and move to it its share of the slots, one slot at a time; returns the
+    events moved per slot. Lookups go on throughout: each slot's events are copied,
+    the map switched and the old copies deleted in one two-phase commit."""
+    new = Shard.from_url(name, url)
+    coordinator = await asyncpg.connect(coordinator_url, timeout=10)
+    try:
+        if not await is_coordinator(coordinator):
+            raise ShardingError("this database is not a coordinator (run 'shards init')")
+        shard_map = await ShardMap.load(coordinator)
+        if name in shard_map.shards:
+            raise ShardingError(f"shard {name} exists already")
+        target = await _connect(new)
+        try:
+            await _prepare_shard(new, target)
+            await sync_datasets(coordinator, target)
+            async with coordinator.transaction():
+                await coordinator.execute(
+                    queries.ADD_SHARD,
+                    new.name,
+                    new.host,
+                    new.port,
+                    new.dbname,
+                    new.username,
+                    new.password,
+                )
+                await coordinator.execute(queries.SHARD_VIEWS)
+            moved: dict[int, int] = {}
+            async with shard_connections(shard_map) as conns:
+                for slot in _slots_to_move(shard_map, name):
+                    moved[slot] = await _move_slot(
+                        coordinator, conns[shard_map.slots[slot]], target, slot, shard_map, name
+                    )
+        finally:
+            await target.close()
+    finally:
+        await coordinator.close()
+    return moved
+
+
+def _slots_to_move(shard_map: ShardMap, name: str) -> list[int]:
+    """Slots for the new shard, taken one by one from the shard holding the most."""
+    owners = list(shard_map.slots)
+    share = len(owners) // (len(shard_map.shards) + 1)
+    chosen: list[int] = []
+    for _ in range(share):
+        counts: dict[str, int] = {}
+        for owner in owners:
+            counts[owner] = counts.get(owner, 0) + 1
+        busiest = max(sorted(counts), key=lambda n: counts[n])
+        slot = max(i for i, owner in enumerate(owners) if owner == busiest)
+        owners[slot] = name
+        chosen.append(slot)
+    return sorted(chosen)
+
+
+async def _move_slot(
+    coordinator: asyncpg.Connection,
+    source: asyncpg.Connection,
+    target: asyncpg.Connection,
+    slot: int,
+    shard_map: ShardMap,
+    name: str,
+) -> int:
+    runs = [
+        r["run_number"]
+        for r in await source.fetch(queries.RUNS_OF_SLOT, slot, len(shard_map.slots))
+    ]
+    commit = TwoPhase()
+    try:
+        await commit.begin(f"shard {name}", target)
+        await commit.begin("coordinator", coordinator, decides=True)
+        await commit.begin(f"shard {shard_map.slots[slot]}", source)
+        moved = await _move_runs(source, target, runs) if runs else 0
+        await coordinator.execute(queries.ASSIGN_SLOTS, [slot], [name])
+        await coordinator.execute(queries.BUMP_SHARD_MAP)
+        if runs:
+            await source.execute(queries.DELETE_EVENTS_OF_RUNS, runs)
+    except BaseException:
+        await commit.rollback()
+        raise
+    # Committed in the order begun: the copy, then the map, then the deletion, so that
+    # a lookup finds the events wherever the map sends it at every moment.
+    await commit.commit()
+    log.info("slot %d: %d events of %d runs moved to shard %s", slot, moved, len(runs), name)
+    return moved
+
+
+def describe(shard_map: ShardMap) -> Iterable[str]:
+    for name, shard in sorted(shard_map.shards.items()):
+        slots = [str(i) for i, owner in enumerate(shard_map.slots) if owner == name]
+        yield f"{name}\t{shard.address}\tslots {','.join(slots) or '-'}"

@@ -1,0 +1,307 @@
+"""A sharded catalogue on three real PostgreSQL servers: a coordinator with PL/Proxy and
+postgres_fdw, events loaded through the loader, every answer checked against the same
+events on a single server, a shard that goes down, and a fourth shard added."""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+import httpx
+import orjson
+import pytest
+
+from eventindex.config import Settings
+from eventindex.sharding import slot_of
+from tests.conftest import app_client
+from tests.pgcluster import LocalServer, Root, require
+from tests.tools.test_store_events import generate, load
+
+NDJSON = "application/x-ndjson"
+FIRST_RUN, N_RUNS, N_EVENTS = 2000, 60, 30_000
+
+
+@dataclass
+class Layout:
+    servers: list[LocalServer]
+    root: Root
+    coordinator: str
+    reference: str
+    shards: dict[str, str]
+    data: Path
+
+
+@pytest.fixture(scope="module")
+def layout(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Layout]:
+    require(plproxy=True)
+    root = Root()
+    servers = [LocalServer(root, f"pg{i}").init().start() for i in range(3)]
+    try:
+        for i, server in enumerate(servers):
+            server.psql(f"CREATE DATABASE shard_{'abc'[i]}")
+        servers[0].psql("CREATE DATABASE coordinator")
+        servers[0].psql("CREATE DATABASE reference")
+        shards = {name: servers[i].url(f"shard_{name}") for i, name in enumerate("abc")}
+        coordinator = servers[0].url("coordinator")
+        reference = servers[0].url("reference")
+        cli = [sys.executable, "-m", "eventindex"]
+        subprocess.run([*cli, "migrate", "--database-url", reference], check=True, timeout=60)
+        init = subprocess.run(
+            [*cli, "shards", "--database-url", coordinator, "init"]
+            + [f"--shard={n}={u}" for n, u in shards.items()],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert init.returncode == 0, init.stderr
+        data = tmp_path_factory.mktemp("sharded")
+        generate(
+            data / "gen",
+            *("--events", str(N_EVENTS), "--runs", str(N_RUNS), "--first-run", str(FIRST_RUN)),
+            *("--parts", "2", "--duplicates", "50"),
+        )
+        for url in (coordinator, reference):
+            done = load(url, str(data / "gen"))
+            assert done.returncode == 0, done.stderr
+        yield Layout(servers, root, coordinator, reference, shards, data)
+    finally:
+        for server in servers:
+            server.stop("immediate")
+        root.remove()
+
+
+@pytest.fixture
+async def clients(layout: Layout) -> AsyncIterator[tuple[httpx.AsyncClient, httpx.AsyncClient]]:
+    """(the sharded service, the single-server service)."""
+    async for sharded in app_client(
+        Settings(database_url=layout.coordinator, lookup_batch_size=700)
+    ):
+        async for single in app_client(
+            Settings(database_url=layout.reference, lookup_batch_size=700)
+        ):
+            yield sharded, single
+
+
+def some_pairs(n: int, seed: int) -> list[tuple[int, int]]:
+    rng = random.Random(seed)
+    pairs = [
+        (FIRST_RUN + rng.randrange(N_RUNS + 5), rng.randrange(N_EVENTS // N_RUNS + 50))
+        for _ in range(n)
+    ]
+    return pairs + pairs[:50]  # repeated pairs too
+
+
+async def test_lookups_match_the_single_server(
+    clients: tuple[httpx.AsyncClient, httpx.AsyncClient],
+) -> None:
+    sharded, single = clients
+    pairs = some_pairs(4000, 1)
+    answers = []
+    for client in (sharded, single):
+        response = await client.post("/v1/lookup", json={"pairs": pairs})
+        assert response.status_code == 200, response.text
+        answers.append(response.content)
+    assert answers[0] == answers[1]
+    found = [r["found"] for r in orjson.loads(answers[0])["results"]]
+    assert 0 < sum(found) < len(found)  # found and missing pairs both
+
+    text = "".join(f"{r} {e}\n" for r, e in some_pairs(6000, 2)).encode()
+    streams = []
+    for client in (sharded, single):
+        response = await client.post(
+            "/v1/lookup", content=text, headers={"content-type": "text/plain", "accept": NDJSON}
+        )
+        assert response.status_code == 200
+        streams.append(response.content)
+    assert streams[0] == streams[1]
+
+    for run, event in pairs[:20]:
+        one, other = [(await c.get(f"/v1/events/{run}/{event}")) for c in clients]
+        assert (one.status_code, one.content) == (other.status_code, other.content)
+
+
+async def test_catalogue_queries_fan_out(
+    clients: tuple[httpx.AsyncClient, httpx.AsyncClient],
+) -> None:
+    sharded, single = clients
+    for path in (
+        "/v1/runs?limit=1000",
+        f"/v1/runs/{FIRST_RUN + 3}",
+        "/v1/datasets/1/files?limit=1000",
+        "/v1/selection/count?all_bits=1&by=run",
+        "/v1/online-filter/overlap",
+        f"/v1/selection/events?all_bits=3&run_min={FIRST_RUN}&run_max={FIRST_RUN + 9}",
+    ):
+        one, other = await sharded.get(path), await single.get(path)
+        assert one.status_code == 200, (path, one.text)
+        assert one.content.strip(), path
+        assert without_times(one.content) == without_times(other.content), path
+
+
+def without_times(body: bytes) -> object:
+    """The answer without load times (the two catalogues were loaded moments apart)."""
+
+    def strip(value: object) -> object:
+        if isinstance(value, dict):
+            return {k: strip(v) for k, v in value.items() if not k.endswith("_at")}
+        if isinstance(value, list):
+            return [strip(v) for v in value]
+        return value
+
+    return [strip(orjson.loads(line)) for line in body.splitlines() if line.strip()]
+
+
+async def test_each_shard_holds_only_its_runs(layout: Layout) -> None:
+    conn = await asyncpg.connect(layout.coordinator)
+    slots = {
+        r["slot"]: r["shard"] for r in await conn.fetch("SELECT * FROM eventindex_shard_slots")
+    }
+    await conn.close()
+    total = 0
+    for name, url in layout.shards.items():
+        shard = await asyncpg.connect(url)
+        runs = await shard.fetch(
+            "SELECT run_number, sum(n_events) AS n FROM run_olt_counts GROUP BY 1"
+        )
+        await shard.close()
+        assert runs, name
+        for r in runs:
+            assert slots[slot_of(r["run_number"], len(slots))] == name
+            total += r["n"]
+    assert total == N_EVENTS
+
+
+async def test_failed_load_changes_no_server(layout: Layout, tmp_path: Path) -> None:
+    """A conflicting duplicate on one shard stops the load everywhere."""
+
+    async def state() -> list[object]:
+        counts: list[object] = []
+        for url in [layout.coordinator, *layout.shards.values()]:
+            conn = await asyncpg.connect(url)
+            counts.append(
+                await conn.fetchval(
+                    "SELECT (SELECT count(*) FROM events) || '/' || (SELECT count(*) FROM loads)"
+                    " || '/' || (SELECT count(*) FROM pg_prepared_xacts)"
+                )
+            )
+            await conn.close()
+        return counts
+
+    before = await state()
+    conn = await asyncpg.connect(layout.reference)
+    existing = await conn.fetchrow(
+        "SELECT run_number, event_number FROM events WHERE run_number = $1 LIMIT 1", FIRST_RUN + 1
+    )
+    assert existing is not None
+    run, event = existing["run_number"], existing["event_number"]
+    await conn.close()
+    bad = tmp_path / "events.csv"
+    lines = [
+        "run_number,event_number,olt_result,dsid_raw,fuid_raw",
+        *(
+            f"{FIRST_RUN + N_RUNS + 7 + i},{i},1,1,00000000-0000-0000-0000-00000000000{i}"
+            for i in range(5)
+        ),
+        f"{run},{event},1,1,00000000-0000-0000-0000-0000000000ff",  # conflicts
+    ]
+    bad.write_text("\n".join(lines) + "\n")
+    failed = load(layout.coordinator, str(bad))
+    assert failed.returncode == 1
+    assert f"{bad}: line 7: conflicting duplicate: run {run} event {event}" in failed.stderr
+    assert await state() == before
+
+    skipped = load(layout.coordinator, str(bad), "--on-conflict", "skip")
+    assert skipped.returncode == 0, skipped.stderr
+    assert "5 new" in skipped.stdout
+    assert "1 conflicts skipped" in skipped.stdout
+    conn = await asyncpg.connect(layout.coordinator)
+    row = await conn.fetchrow("SELECT line, run_number FROM load_conflicts ORDER BY load_id DESC")
+    assert row is not None
+    assert (row["line"], row["run_number"]) == (6, FIRST_RUN + 1)
+    await conn.close()
+    for url in (layout.reference,):
+        assert load(url, str(bad), "--on-conflict", "skip").returncode == 0
+
+
+async def test_shard_down_is_a_503_naming_it(
+    layout: Layout, clients: tuple[httpx.AsyncClient, httpx.AsyncClient]
+) -> None:
+    sharded, single = clients
+    down = layout.servers[2]
+    conn = await asyncpg.connect(layout.coordinator)
+    slots = [
+        r["shard"]
+        for r in await conn.fetch("SELECT shard FROM eventindex_shard_slots ORDER BY slot")
+    ]
+    await conn.close()
+    run_on_a = next(r for r in range(FIRST_RUN, FIRST_RUN + N_RUNS) if slots[slot_of(r, 16)] == "a")
+    down.stop()
+    try:
+        response = await sharded.post("/v1/lookup", json={"pairs": some_pairs(500, 3)})
+        assert response.status_code == 503
+        assert response.headers["content-type"] == "application/problem+json"
+        problem = response.json()
+        assert problem["title"] == "Shard unavailable"
+        assert f"shard_c at 127.0.0.1:{down.port}" in problem["detail"]
+        # Runs of the shards that are up are still answered.
+        ok = await sharded.get(f"/v1/events/{run_on_a}/1")
+        assert ok.status_code == 200
+        assert ok.content == (await single.get(f"/v1/events/{run_on_a}/1")).content
+    finally:
+        down.start()
+    again = await sharded.post("/v1/lookup", json={"pairs": some_pairs(500, 3)})
+    assert again.status_code == 200
+    assert (
+        again.content
+        == (await single.post("/v1/lookup", json={"pairs": some_pairs(500, 3)})).content
+    )
+
+
+async def test_adding_a_shard_moves_runs_and_keeps_answers(
+    layout: Layout, clients: tuple[httpx.AsyncClient, httpx.AsyncClient]
+) -> None:
+    sharded, single = clients
+    fourth = LocalServer(layout.root, "pg3").init().start()
+    layout.servers.append(fourth)
+    fourth.psql("CREATE DATABASE shard_d")
+    added = subprocess.run(
+        [sys.executable, "-m", "eventindex", "shards", "--database-url", layout.coordinator,
+         "add", "d", fourth.url("shard_d")],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert added.returncode == 0, added.stderr
+    assert "shard d added: 4 slots" in added.stdout
+    conn = await asyncpg.connect(layout.coordinator)
+    slots = [
+        r["shard"]
+        for r in await conn.fetch("SELECT shard FROM eventindex_shard_slots ORDER BY slot")
+    ]
+    await conn.close()
+    assert sorted(slots.count(n) for n in "abcd") == [4, 4, 4, 4]
+    shard_d = await asyncpg.connect(fourth.url("shard_d"))
+    runs_d = {r[0] for r in await shard_d.fetch("SELECT DISTINCT run_number FROM events")}
+    await shard_d.close()
+    assert runs_d
+    assert all(slots[slot_of(r, 16)] == "d" for r in runs_d)
+    for name, url in layout.shards.items():
+        shard = await asyncpg.connect(url)
+        left = await shard.fetchval(
+            "SELECT count(*) FROM events WHERE run_number = ANY($1)", list(runs_d)
+        )
+        await shard.close()
+        assert left == 0, name
+    pairs = some_pairs(5000, 4)
+    one = await sharded.post("/v1/lookup", json={"pairs": pairs})
+    other = await single.post("/v1/lookup", json={"pairs": pairs})
+    assert one.status_code == 200
+    assert one.content == other.content
+    runs = await sharded.get("/v1/runs?limit=1000")
+    assert without_times(runs.content) == without_times(
+        (await single.get("/v1/runs?limit=1000")).content
+    )
