@@ -615,6 +615,96 @@ async def bench_catalogue(args: argparse.Namespace) -> None:
         print(line)
 
 
+async def _sample_pairs(url: str, n_pairs: int, seed: int) -> Pairs:
+    """Random events of the catalogue (with repeats), 5% of them made unknown."""
+    conn = await asyncpg.connect(url)
+    try:
+        rows = await conn.fetch("SELECT run_number, event_number FROM events")
+    finally:
+        await conn.close()
+    rng = np.random.default_rng(seed)
+    runs = np.fromiter((r[0] for r in rows), np.int64, len(rows))
+    events = np.fromiter((r[1] for r in rows), np.int64, len(rows))
+    pick = rng.integers(0, len(rows), n_pairs)
+    missing = rng.random(n_pairs) < 0.05
+    return runs[pick].tolist(), np.where(missing, events[pick] + 10**9, events[pick]).tolist()
+
+
+async def bench_scale(args: argparse.Namespace) -> None:
+    """Single server vs a coordinator with ``--shards`` shards, all local PostgreSQL 15."""
+    from eventindex import sharding
+    from tools.localpg import LocalServer, Root
+
+    root = Root()
+    servers: list[LocalServer] = []
+    services: list[subprocess.Popen[bytes]] = []
+    conf = {"shared_buffers": args.shared_buffers, "max_connections": "100"}
+    try:
+        log("starting servers ...")
+        single = LocalServer(root, "single").init(**conf).start()
+        coordinator = LocalServer(root, "coordinator").init(**conf).start()
+        shards = [LocalServer(root, f"shard{i}").init(**conf).start() for i in range(args.shards)]
+        servers += [single, coordinator, *shards]
+        for server in servers:
+            server.psql("CREATE DATABASE eventindex")
+        single_url, coordinator_url = single.url("eventindex"), coordinator.url("eventindex")
+        await migrated_database(single.url(), "eventindex")
+        await sharding.init(
+            coordinator_url,
+            {f"s{i}": shard.url("eventindex") for i, shard in enumerate(shards)},
+        )
+        data = generated(args.events, 1000, 1, 7)
+        for label, url in (("single server", single_url), ("sharded", coordinator_url)):
+            started = time.perf_counter()
+            await asyncio.to_thread(
+                subprocess.run,
+                [sys.executable, "-m", "tools.store_events", str(data), "--database-url", url],
+                check=True,
+                capture_output=True,
+            )
+            elapsed = time.perf_counter() - started
+            log(f"loaded {args.events:,} events, {label}: {args.events / elapsed:,.0f} events/s")
+        for server in [single, *shards]:
+            server.psql("VACUUM ANALYZE", "eventindex")
+        runs, events = await _sample_pairs(single_url, max(args.pairs), 11)
+        bodies = {
+            n: "".join(f"{r} {e}\n" for r, e in zip(runs[:n], events[:n], strict=True)).encode()
+            for n in args.pairs
+        }
+        json_body = orjson.dumps(
+            {"pairs": [list(p) for p in zip(runs, events, strict=True)][:10_000]}
+        )
+        bases = {}
+        for label, url in (("single", single_url), ("sharded", coordinator_url)):
+            proc, bases[label] = start_service(url)
+            services.append(proc)
+        res = Results()
+        async with httpx.AsyncClient(timeout=600) as client:
+            for round_ in range(args.rounds):
+                log(f"round {round_ + 1}/{args.rounds}")
+                for label, base in bases.items():
+                    client.base_url = httpx.URL(base)
+                    rate = await timed(10_000, service_json, client, json_body, 10_000)
+                    res.add(f"{label} json 10000", rate)
+                    for n, body in bodies.items():
+                        res.add(
+                            f"{label} stream {n}", await timed(n, service_stream, client, body, n)
+                        )
+        print()
+        print(f"lookups, {args.events:,} events, {args.shards} shards, medians of {args.rounds}")
+        print(f"{'request':<28}{'single server':>16}{'sharded':>16}{'ratio':>9}")
+        for what in ["json 10000", *(f"stream {n}" for n in args.pairs)]:
+            one, many = res.median(f"single {what}"), res.median(f"sharded {what}")
+            print(f"{what + ' (pairs/s)':<28}{one:>16,.0f}{many:>16,.0f}{many / one:>8.2f}x")
+    finally:
+        for proc in services:
+            proc.terminate()
+            proc.wait(10)
+        for server in servers:
+            server.stop("immediate")
+        root.remove()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m tools.bench",
@@ -648,6 +738,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--events", type=int, default=10_000_000, help="catalogue size (default 10M)")
     p.add_argument("--rounds", type=int, default=3)
     p.set_defaults(func=bench_catalogue)
+
+    p = sub.add_parser("scale", help="lookups: single server vs sharded (local PostgreSQL 15)")
+    p.add_argument("--events", type=int, default=2_000_000, help="catalogue size (default 2M)")
+    p.add_argument("--shards", type=int, default=3, help="shard servers (default 3)")
+    p.add_argument("--pairs", type=int, nargs="+", default=[10_000, 1_000_000], help="stream sizes")
+    p.add_argument("--shared-buffers", default="512MB", help="each server's shared_buffers")
+    p.add_argument("--rounds", type=int, default=3)
+    p.set_defaults(func=bench_scale)
 
     p = sub.add_parser("load", help="loader throughput: store_events vs raw COPY")
     p.add_argument("--database-url", help="PostgreSQL server URL (default: embedded)")
