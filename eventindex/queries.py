@@ -545,6 +545,11 @@ BUMP_SHARD_MAP = "SELECT nextval('eventindex_shard_map_version')"
 
 SHARD_VIEWS = "SELECT eventindex_shard_views()"
 
+# Loads hold the map shared for their whole transaction and a slot move holds it alone, so
+# no load can write a run to the shard it is being moved away from.
+LOCK_SHARD_MAP_SHARED = "SELECT pg_advisory_xact_lock_shared(hashtext('eventindex.shard_map'))"
+LOCK_SHARD_MAP = "SELECT pg_advisory_xact_lock(hashtext('eventindex.shard_map'))"
+
 SHARDS = "SELECT name, host, port, dbname, username, password FROM eventindex_shards ORDER BY name"
 
 SHARD_SLOTS = "SELECT slot, shard FROM eventindex_shard_slots ORDER BY slot"

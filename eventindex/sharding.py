@@ -35,6 +35,10 @@ class ShardingError(Exception):
     """A sharding operation that cannot go on; the message is one line for the user."""
 
 
+class PartialCommit(ShardingError):
+    """Decided and committed on some servers, still prepared on others (named)."""
+
+
 def _rot(x: int, k: int) -> int:
     return ((x << k) | (x >> (32 - k))) & _MASK
 
@@ -202,7 +206,7 @@ class TwoPhase:
         self._members.clear()
         self._ended.clear()
         if unfinished:
-            raise ShardingError(
+            raise PartialCommit(
                 "committed only in part; when the servers are back, run " + "; ".join(unfinished)
             )
 
@@ -341,15 +345,17 @@ async def _move_slot(
     shard_map: ShardMap,
     name: str,
 ) -> int:
-    runs = [
-        r["run_number"]
-        for r in await source.fetch(queries.RUNS_OF_SLOT, slot, len(shard_map.slots))
-    ]
     commit = TwoPhase()
     try:
         await commit.begin(f"shard {name}", target)
         await commit.begin("coordinator", coordinator, decides=True)
+        # Running loads finish first, and new ones wait for the new map.
+        await coordinator.execute(queries.LOCK_SHARD_MAP)
         await commit.begin(f"shard {shard_map.slots[slot]}", source)
+        runs = [
+            r["run_number"]
+            for r in await source.fetch(queries.RUNS_OF_SLOT, slot, len(shard_map.slots))
+        ]
         moved = await _move_runs(source, target, runs) if runs else 0
         await coordinator.execute(queries.ASSIGN_SLOTS, [slot], [name])
         await coordinator.execute(queries.BUMP_SHARD_MAP)

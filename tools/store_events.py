@@ -609,6 +609,8 @@ async def run(args: argparse.Namespace) -> int:
                 results.append(await loader.load_events(source))
     except asyncpg.UndefinedTableError:
         raise LoadError("the database is not migrated: run 'eventindex migrate'") from None
+    except sharding.PartialCommit:
+        raise
     except sharding.ShardingError as exc:
         raise LoadError(str(exc)) from None
     finally:
@@ -706,12 +708,14 @@ async def load_sharded(
     the shard map, every shard loading its part with the usual checks; the loads recorded
     on the coordinator; all of it one two-phase commit over every server."""
     coordinator = loader.conn
-    shard_map = await sharding.ShardMap.load(coordinator)
     results: list[FileResult] = []
-    async with sharding.shard_connections(shard_map) as conns:
-        commit = sharding.TwoPhase()
-        try:
-            await commit.begin("the coordinator", coordinator, decides=True)
+    commit = sharding.TwoPhase()
+    await commit.begin("the coordinator", coordinator, decides=True)
+    try:
+        # The map cannot change under the load (a slot move waits for it to end).
+        await coordinator.execute(queries.LOCK_SHARD_MAP_SHARED)
+        shard_map = await sharding.ShardMap.load(coordinator)
+        async with sharding.shard_connections(shard_map) as conns:
             for name, conn in conns.items():
                 await commit.begin(f"shard {name}", conn)
             for source in dataset_sources:
@@ -721,10 +725,10 @@ async def load_sharded(
                 await sharding.sync_datasets(coordinator, conn)
             for source in event_sources:
                 results.append(await _load_sharded_file(loader, source, conns, shard_map))
-        except BaseException:
-            await commit.rollback()
-            raise
-        await commit.commit()
+            await commit.commit()
+    except BaseException:
+        await commit.rollback()  # (nothing left to roll back once commit() has run)
+        raise
     return results
 
 
@@ -818,6 +822,9 @@ def main(argv: list[str] | None = None) -> int:
         code = asyncio.run(run(args))
     except LoadError as exc:
         print(f"store_events: error: {exc}; nothing was loaded", file=sys.stderr)
+        return 1
+    except sharding.PartialCommit as exc:
+        print(f"store_events: error: the load is decided but {exc}", file=sys.stderr)
         return 1
     except (*UNAVAILABLE_ERRORS,) as exc:
         print(f"store_events: error: lost the database: {exc}; nothing was loaded", file=sys.stderr)
