@@ -155,6 +155,15 @@ async def scratch_database(server_url: str) -> AsyncIterator[str]:
 
 
 @pytest.fixture
+async def catalogue(scratch_database: str) -> str:
+    """An empty, migrated catalogue, dropped after the test."""
+    conn = await asyncpg.connect(scratch_database)
+    await migrate.apply(conn)
+    await conn.close()
+    return scratch_database
+
+
+@pytest.fixture
 def settings(database_url: str) -> Settings:
     # Small batches so that multi-batch paths run on the small test catalogue.
     return Settings(database_url=database_url, lookup_batch_size=700, max_json_pairs=5000)

@@ -21,14 +21,6 @@ async def partitions(conn: asyncpg.Connection) -> list[tuple[str, int, int]]:
     return [(r["partition"], r["lo"], r["hi"]) for r in rows]
 
 
-@pytest.fixture
-async def catalogue(scratch_database: str) -> str:
-    conn = await asyncpg.connect(scratch_database)
-    await migrate.apply(conn)
-    await conn.close()
-    return scratch_database
-
-
 async def test_loader_makes_partitions_for_new_runs(catalogue: str, tmp_path: Path) -> None:
     # 250 runs from 1000: runs 1000..1249 and beyond, several 100-run partitions.
     generate(tmp_path / "a", "--events", "20000", "--runs", "250", "--first-run", "1000")

@@ -11,16 +11,6 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from eventindex import migrate
-
-
-@pytest.fixture
-async def catalogue(scratch_database: str) -> str:
-    conn = await asyncpg.connect(scratch_database)
-    await migrate.apply(conn)
-    await conn.close()
-    return scratch_database
-
 
 def generate(out: Path | str, *args: str) -> None:
     subprocess.run(
