@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Iterable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 import asyncpg
 from asyncpg.transaction import Transaction
@@ -81,11 +81,13 @@ class Shard:
     @classmethod
     def from_url(cls, name: str, url: str) -> Shard:
         parts = urlsplit(url)
-        if parts.scheme not in ("postgresql", "postgres") or not parts.hostname:
+        # A unix socket is given as ?host=/directory.
+        host = parts.hostname or parse_qs(parts.query).get("host", [""])[0]
+        if parts.scheme not in ("postgresql", "postgres") or not host:
             raise ShardingError(f"shard {name}: {url!r} is not a postgresql://host/db URL")
         return cls(
             name=name,
-            host=parts.hostname,
+            host=host,
             port=parts.port or 5432,
             dbname=unquote(parts.path.lstrip("/")) or "postgres",
             username=unquote(parts.username or "postgres"),
@@ -94,7 +96,9 @@ class Shard:
 
     @property
     def url(self) -> str:
-        auth = self.username + (f":{self.password}" if self.password else "")
+        auth = quote(self.username) + (f":{quote(self.password)}" if self.password else "")
+        if self.host.startswith("/"):
+            return f"postgresql://{auth}@/{self.dbname}?host={self.host}&port={self.port}"
         return f"postgresql://{auth}@{self.host}:{self.port}/{self.dbname}"
 
     @property

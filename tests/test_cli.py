@@ -66,3 +66,28 @@ def test_unknown_command_is_usage_error() -> None:
     result = run("frobnicate")
     assert result.returncode == 2
     assert "invalid choice" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "needle"),
+    [
+        (["init", "--shard", "a"], 2, "--shard 'a': expected NAME=URL"),
+        (["init", "--shard", "a=mysql://x/y"], 1, "shard a: 'mysql://x/y' is not a postgresql"),
+        (["init", "--shard", "a=postgresql://h/db", "--slots", "12"], 1, "power of two, not 12"),
+        (["list"], 1, "not a coordinator (run 'shards init')"),
+        (["add", "d", "postgresql://127.0.0.1:1/x"], 1, "not a coordinator"),
+    ],
+)
+def test_shards_errors_are_one_line(
+    catalogue: str, args: list[str], code: int, needle: str
+) -> None:
+    result = run("shards", "--database-url", catalogue, *args)
+    assert result.returncode == code, result.stderr
+    assert needle in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_shards_init_refuses_a_catalogue_that_holds_events(database_url: str) -> None:
+    result = run("shards", "--database-url", database_url, "init", "--shard", "a=" + database_url)
+    assert result.returncode == 1
+    assert "the coordinator holds events" in result.stderr
