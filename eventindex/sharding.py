@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterable
@@ -80,6 +81,8 @@ class Shard:
 
     @classmethod
     def from_url(cls, name: str, url: str) -> Shard:
+        if not re.fullmatch(r"[a-z0-9_]{1,40}", name):
+            raise ShardingError(f"shard name {name!r}: use 1-40 of a-z, 0-9 and _")
         parts = urlsplit(url)
         # A unix socket is given as ?host=/directory.
         host = parts.hostname or parse_qs(parts.query).get("host", [""])[0]
@@ -130,11 +133,6 @@ async def _connect(shard: Shard) -> asyncpg.Connection:
         return await asyncpg.connect(shard.url, timeout=10)
     except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
         raise ShardingError(f"shard {shard.name} ({shard.address}) unreachable: {exc}") from None
-
-
-async def _prepare_shard(shard: Shard, conn: asyncpg.Connection) -> None:
-    """Migrate a shard and give it the coordinator's datasets."""
-    await migrate.apply(conn)
 
 
 async def sync_datasets(coordinator: asyncpg.Connection, shard: asyncpg.Connection) -> None:
@@ -248,7 +246,7 @@ async def init(
             raise ShardingError("this database is already a coordinator (use 'shards add')")
         async with shard_connections(shard_map) as conns:
             for shard in members:
-                await _prepare_shard(shard, conns[shard.name])
+                await migrate.apply(conns[shard.name])
             async with coordinator.transaction():
                 if not await coordinator.fetchval(queries.COORDINATOR_EMPTY):
                     raise ShardingError(
@@ -299,7 +297,7 @@ async def add(coordinator_url: str, name: str, url: str) -> dict[int, int]:
             raise ShardingError(f"shard {name} exists already")
         target = await _connect(new)
         try:
-            await _prepare_shard(new, target)
+            await migrate.apply(target)
             await sync_datasets(coordinator, target)
             async with coordinator.transaction():
                 await coordinator.execute(

@@ -72,6 +72,7 @@ def test_unknown_command_is_usage_error() -> None:
     ("args", "code", "needle"),
     [
         (["init", "--shard", "a"], 2, "--shard 'a': expected NAME=URL"),
+        (["init", "--shard", "A b=postgresql://h/db"], 1, "shard name 'A b': use 1-40 of"),
         (["init", "--shard", "a=mysql://x/y"], 1, "shard a: 'mysql://x/y' is not a postgresql"),
         (["init", "--shard", "a=postgresql://h/db", "--slots", "12"], 1, "power of two, not 12"),
         (["list"], 1, "not a coordinator (run 'shards init')"),
