@@ -4,6 +4,8 @@ events on a single server, a shard that goes down, and a fourth shard added."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import random
 import subprocess
 import sys
@@ -157,6 +159,29 @@ def without_times(body: bytes) -> object:
     return [strip(orjson.loads(line)) for line in body.splitlines() if line.strip()]
 
 
+def test_consistency_check_matches_the_single_server(layout: Layout) -> None:
+    reports = []
+    for url in (layout.coordinator, layout.reference):
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "eventindex",
+                "check",
+                "--gaps",
+                "--json",
+                "--database-url",
+                url,
+            ],
+            capture_output=True,
+            timeout=120,
+            check=False,
+        )
+        assert result.returncode in (0, 4), result.stderr
+        reports.append((result.returncode, without_times(result.stdout)))
+    assert reports[0] == reports[1]
+
+
 async def test_each_shard_holds_only_its_runs(layout: Layout) -> None:
     conn = await asyncpg.connect(layout.coordinator)
     slots = {
@@ -270,13 +295,26 @@ async def test_adding_a_shard_moves_runs_and_keeps_answers(
     fourth = LocalServer(layout.root, "pg3").init().start()
     layout.servers.append(fourth)
     fourth.psql("CREATE DATABASE shard_d")
-    added = subprocess.run(
-        [sys.executable, "-m", "eventindex", "shards", "--database-url", layout.coordinator,
-         "add", "d", fourth.url("shard_d")],
-        capture_output=True, text=True, timeout=120, check=False,
+    pairs = some_pairs(2000, 5)
+    expected = (await single.post("/v1/lookup", json={"pairs": pairs})).content
+    adding = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "eventindex", "shards", "--database-url", layout.coordinator,
+        "add", "d", fourth.url("shard_d"),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
-    assert added.returncode == 0, added.stderr
-    assert "shard d added: 4 slots" in added.stdout
+    # Lookups go on while the slots move, and always find every event.
+    answered = 0
+    while adding.returncode is None:
+        during = await sharded.post("/v1/lookup", json={"pairs": pairs})
+        assert during.status_code == 200, during.text
+        assert during.content == expected
+        answered += 1
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(adding.wait(), 0.01)
+    out, err = await adding.communicate()
+    assert adding.returncode == 0, err.decode()
+    assert "shard d added: 4 slots" in out.decode()
+    assert answered > 0
     conn = await asyncpg.connect(layout.coordinator)
     slots = [
         r["shard"]
