@@ -460,11 +460,18 @@ CREATE TABLE eventindex_shard_slots (
     shard text NOT NULL REFERENCES eventindex_shards (name)
 );
 
-CREATE SEQUENCE eventindex_shard_map_version;
+-- PL/Proxy reloads the map when this changes. It is a row, not a sequence: it must change
+-- in the same commit as the map (a sequence would move before the map commits, and a
+-- session that reloaded in between would keep the old map under the new number).
+CREATE TABLE eventindex_shard_map_version (
+    only_row boolean PRIMARY KEY DEFAULT true CHECK (only_row),
+    version  integer NOT NULL
+);
+INSERT INTO eventindex_shard_map_version (version) VALUES (0);
 
 CREATE FUNCTION plproxy.get_cluster_version(cluster_name text) RETURNS integer
 LANGUAGE sql STABLE AS $$
-    SELECT last_value::integer FROM eventindex_shard_map_version
+    SELECT version FROM eventindex_shard_map_version
 $$;
 
 CREATE FUNCTION plproxy.get_cluster_partitions(cluster_name text) RETURNS SETOF text
@@ -541,7 +548,17 @@ SELECT slot, shard FROM unnest($1::integer[], $2::text[]) AS u (slot, shard)
 ON CONFLICT (slot) DO UPDATE SET shard = EXCLUDED.shard
 """
 
-BUMP_SHARD_MAP = "SELECT nextval('eventindex_shard_map_version')"
+BUMP_SHARD_MAP = "UPDATE eventindex_shard_map_version SET version = version + 1"
+
+# Statements on the coordinator that began before $1 and still run (they may be routing
+# by the map of before $1).
+OLDER_STATEMENTS = """
+SELECT count(*) FROM pg_stat_activity
+WHERE datname = current_database() AND pid <> pg_backend_pid() AND state = 'active'
+  AND query_start < $1
+"""
+
+NOW = "SELECT clock_timestamp()"
 
 SHARD_VIEWS = "SELECT eventindex_shard_views()"
 

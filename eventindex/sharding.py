@@ -10,12 +10,13 @@ all read. Adding a shard moves whole slots (all the events of their runs).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import re
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -174,7 +175,7 @@ class TwoPhase:
         self._members.clear()
         self._ended.clear()
 
-    async def commit(self) -> None:
+    async def commit(self, after_decision: Callable[[], Awaitable[None]] | None = None) -> None:
         prepared: dict[int, tuple[str, asyncpg.Connection, str]] = {}
         try:
             for i, (label, conn, tr, decides) in enumerate(self._members):
@@ -199,6 +200,8 @@ class TwoPhase:
                     self._ended.add(i)
                     await self.rollback(v for k, v in prepared.items() if k > i)
                     raise
+                if after_decision is not None:
+                    await after_decision()
                 continue
             _, _, gid = prepared[i]
             try:
@@ -368,9 +371,21 @@ async def _move_slot(
         raise
     # Committed in the order begun: the copy, then the map, then the deletion, so that
     # a lookup finds the events wherever the map sends it at every moment.
-    await commit.commit()
+    await commit.commit(after_decision=lambda: _drain(coordinator))
     log.info("slot %d: %d events of %d runs moved to shard %s", slot, moved, len(runs), name)
     return moved
+
+
+async def _drain(coordinator: asyncpg.Connection, patience: float = 120.0) -> None:
+    """Wait until no statement that began under the old map still runs: a lookup that
+    read the old map may still be on its way to the old shard."""
+    switched = await coordinator.fetchval(queries.NOW)
+    deadline = asyncio.get_running_loop().time() + patience
+    while await coordinator.fetchval(queries.OLDER_STATEMENTS, switched):
+        if asyncio.get_running_loop().time() > deadline:
+            log.warning("statements older than the map switch still run; deleting anyway")
+            return
+        await asyncio.sleep(0.02)
 
 
 def describe(shard_map: ShardMap) -> Iterable[str]:
