@@ -567,9 +567,13 @@ SHARD_VIEWS = "SELECT eventindex_shard_views()"
 LOCK_SHARD_MAP_SHARED = "SELECT pg_advisory_xact_lock_shared(hashtext('eventindex.shard_map'))"
 LOCK_SHARD_MAP = "SELECT pg_advisory_xact_lock(hashtext('eventindex.shard_map'))"
 
+SHARD_LOAD_LOCK_TIMEOUT = "SELECT set_config('lock_timeout', '60s', true)"
+
 SHARDS = "SELECT name, host, port, dbname, username, password FROM eventindex_shards ORDER BY name"
 
 SHARD_SLOTS = "SELECT slot, shard FROM eventindex_shard_slots ORDER BY slot"
+
+SLOT_OWNER = "SELECT shard FROM eventindex_shard_slots WHERE slot = $1"
 
 # Runs a shard holds whose slot is $1 of $2 slots.
 RUNS_OF_SLOT = """

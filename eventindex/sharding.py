@@ -89,10 +89,11 @@ class Shard:
         host = parts.hostname or parse_qs(parts.query).get("host", [""])[0]
         if parts.scheme not in ("postgresql", "postgres") or not host:
             raise ShardingError(f"shard {name}: {url!r} is not a postgresql://host/db URL")
+        query_port = parse_qs(parts.query).get("port", [""])[0]
         return cls(
             name=name,
             host=host,
-            port=parts.port or 5432,
+            port=parts.port or (int(query_port) if query_port.isdigit() else 5432),
             dbname=unquote(parts.path.lstrip("/")) or "postgres",
             username=unquote(parts.username or "postgres"),
             password=unquote(parts.password) if parts.password else None,
@@ -176,13 +177,20 @@ class TwoPhase:
         self._ended.clear()
 
     async def commit(self, after_decision: Callable[[], Awaitable[None]] | None = None) -> None:
+        """Prepare, decide, commit; ``after_decision`` runs right after the decision."""
         prepared: dict[int, tuple[str, asyncpg.Connection, str]] = {}
         try:
             for i, (label, conn, tr, decides) in enumerate(self._members):
                 if decides:
                     continue
                 gid = f"{self.gid}-{i}"
-                await conn.execute(f"PREPARE TRANSACTION '{gid}'")
+                try:
+                    await conn.execute(f"PREPARE TRANSACTION '{gid}'")
+                except asyncpg.PostgresError as exc:
+                    first = str(exc).splitlines()[0]
+                    raise ShardingError(
+                        f"{label}: cannot prepare its transaction ({first})"
+                    ) from exc
                 prepared[i] = (label, conn, gid)
                 self._ended.add(i)
                 # The server has ended the transaction; asyncpg's record of it is closed
@@ -192,24 +200,36 @@ class TwoPhase:
             await self.rollback(prepared.values())
             raise
         unfinished = []
-        for i, (label, conn, tr, decides) in enumerate(self._members):
-            if decides:
+        try:
+            for i, (label, conn, tr, decides) in enumerate(self._members):
+                if decides:
+                    try:
+                        await tr.commit()
+                    except BaseException:
+                        self._ended.add(i)
+                        await self.rollback(v for k, v in prepared.items() if k > i)
+                        prepared.clear()
+                        raise
+                    if after_decision is not None:
+                        try:
+                            await after_decision()
+                        except Exception:
+                            log.exception("after the decision of %s; committing on", self.gid)
+                    continue
+                label, conn, gid = prepared.pop(i)
                 try:
-                    await tr.commit()
-                except BaseException:
-                    self._ended.add(i)
-                    await self.rollback(v for k, v in prepared.items() if k > i)
-                    raise
-                if after_decision is not None:
-                    await after_decision()
-                continue
-            _, _, gid = prepared[i]
-            try:
-                await conn.execute(f"COMMIT PREPARED '{gid}'")
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                unfinished.append(f"on {label}: COMMIT PREPARED '{gid}' ({exc})")
-        self._members.clear()
-        self._ended.clear()
+                    await conn.execute(f"COMMIT PREPARED '{gid}'")
+                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                    unfinished.append(f"on {label}: COMMIT PREPARED '{gid}' ({exc})")
+        finally:
+            # Interrupted after the decision: what is still prepared must be finished by hand.
+            unfinished += [
+                f"on {label}: COMMIT PREPARED '{gid}'" for label, _, gid in prepared.values()
+            ]
+            self._members.clear()
+            self._ended.clear()
+            if unfinished and prepared:
+                log.error("decided but not committed: %s", "; ".join(unfinished))
         if unfinished:
             raise PartialCommit(
                 "committed only in part; when the servers are back, run " + "; ".join(unfinished)
@@ -296,25 +316,31 @@ async def add(coordinator_url: str, name: str, url: str) -> dict[int, int]:
         if not await is_coordinator(coordinator):
             raise ShardingError("this database is not a coordinator (run 'shards init')")
         shard_map = await ShardMap.load(coordinator)
-        if name in shard_map.shards:
-            raise ShardingError(f"shard {name} exists already")
+        known = shard_map.shards.get(name)
+        # Adding a shard again with the same address resumes an add that was interrupted.
+        if known is not None and known.address != new.address:
+            raise ShardingError(f"shard {name} exists already, at {known.address}")
         target = await _connect(new)
         try:
             await migrate.apply(target)
             await sync_datasets(coordinator, target)
-            async with coordinator.transaction():
-                await coordinator.execute(
-                    queries.ADD_SHARD,
-                    new.name,
-                    new.host,
-                    new.port,
-                    new.dbname,
-                    new.username,
-                    new.password,
-                )
-                await coordinator.execute(queries.SHARD_VIEWS)
+            if known is None:
+                async with coordinator.transaction():
+                    await coordinator.execute(
+                        queries.ADD_SHARD,
+                        new.name,
+                        new.host,
+                        new.port,
+                        new.dbname,
+                        new.username,
+                        new.password,
+                    )
+                    await coordinator.execute(queries.SHARD_VIEWS)
+            others = ShardMap(
+                {n: s for n, s in shard_map.shards.items() if n != name}, shard_map.slots
+            )
             moved: dict[int, int] = {}
-            async with shard_connections(shard_map) as conns:
+            async with shard_connections(others) as conns:
                 for slot in _slots_to_move(shard_map, name):
                     moved[slot] = await _move_slot(
                         coordinator, conns[shard_map.slots[slot]], target, slot, shard_map, name
@@ -329,9 +355,9 @@ async def add(coordinator_url: str, name: str, url: str) -> dict[int, int]:
 def _slots_to_move(shard_map: ShardMap, name: str) -> list[int]:
     """Slots for the new shard, taken one by one from the shard holding the most."""
     owners = list(shard_map.slots)
-    share = len(owners) // (len(shard_map.shards) + 1)
+    share = len(owners) // len(set(shard_map.shards) | {name})
     chosen: list[int] = []
-    for _ in range(share):
+    for _ in range(share - owners.count(name)):
         counts: dict[str, int] = {}
         for owner in owners:
             counts[owner] = counts.get(owner, 0) + 1
@@ -350,6 +376,7 @@ async def _move_slot(
     shard_map: ShardMap,
     name: str,
 ) -> int:
+    await _wait_for_prepared(source, shard_map.slots[slot])
     commit = TwoPhase()
     try:
         await commit.begin(f"shard {name}", target)
@@ -371,9 +398,34 @@ async def _move_slot(
         raise
     # Committed in the order begun: the copy, then the map, then the deletion, so that
     # a lookup finds the events wherever the map sends it at every moment.
-    await commit.commit(after_decision=lambda: _drain(coordinator))
+    try:
+        await commit.commit(after_decision=lambda: _drain(coordinator))
+    except ShardingError:
+        raise
+    except BaseException:
+        # The copy may be committed and the map not: remove the copy, which no lookup
+        # reaches and the catalogue views would count twice.
+        with contextlib.suppress(Exception):
+            owner = await coordinator.fetchval(queries.SLOT_OWNER, slot)
+            if owner != name and runs:
+                await target.execute(queries.DELETE_EVENTS_OF_RUNS, runs)
+        raise
     log.info("slot %d: %d events of %d runs moved to shard %s", slot, moved, len(runs), name)
     return moved
+
+
+async def _wait_for_prepared(conn: asyncpg.Connection, label: str, patience: float = 30.0) -> None:
+    """A load decided on the coordinator commits on the shards just after: rows still
+    prepared on the source would be missed by the copy and later committed where no
+    lookup goes. Wait for them; name them if they stay."""
+    deadline = asyncio.get_running_loop().time() + patience
+    while gids := [r["gid"] for r in await conn.fetch(queries.PREPARED_TRANSACTIONS)]:
+        if asyncio.get_running_loop().time() > deadline:
+            raise ShardingError(
+                f"shard {label} has prepared transactions {', '.join(gids)}: finish them "
+                "(COMMIT PREPARED, see docs/scaling.md) and run 'shards add' again"
+            )
+        await asyncio.sleep(0.1)
 
 
 async def _drain(coordinator: asyncpg.Connection, patience: float = 120.0) -> None:

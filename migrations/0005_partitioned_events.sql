@@ -43,6 +43,12 @@ COMMENT ON TABLE events IS 'One row per event; partitioned by ranges of run_numb
 COMMENT ON COLUMN events.olt_result IS 'Bitmask of Online Filter decisions that selected the event';
 COMMENT ON COLUMN events.fuid_raw IS 'UUID of the raw-data file holding the event in distributed storage';
 
+-- A partition's upper bound as SQL: past the largest run number it is MAXVALUE.
+CREATE FUNCTION events_bound(hi bigint) RETURNS text
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE WHEN hi > 2147483647 THEN 'MAXVALUE' ELSE hi::text END
+$$;
+
 DO $$
 DECLARE
     top integer;
@@ -55,7 +61,7 @@ BEGIN
         SELECT runs_per_partition INTO width FROM events_partitioning;
         EXECUTE format(
             'ALTER TABLE events ATTACH PARTITION events_legacy FOR VALUES FROM (0) TO (%s)',
-            (top::bigint / width + 1) * width);
+            events_bound((top::bigint / width + 1) * width));
     END IF;
 END
 $$;
@@ -65,7 +71,9 @@ $$;
 -- behind. A new table is attached rather than created as a partition: ATTACH takes only
 -- a SHARE UPDATE EXCLUSIVE lock on `events`, so lookups and other loads go on meanwhile.
 CREATE FUNCTION events_add_partitions(runs integer[]) RETURNS integer
-LANGUAGE plpgsql AS $$
+-- The partitions go where `events` is, whatever the caller's search_path (a sharded load
+-- stages in a schema of its own, first on its path).
+LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
 DECLARE
     width integer;
     run integer;
@@ -82,7 +90,7 @@ BEGIN
         -- The width-aligned range around the run, narrowed to fit between neighbours.
         SELECT greatest(run::bigint / width * width, coalesce(max(b.hi), 0)) INTO lo
         FROM events_partition_bounds() AS b WHERE b.hi <= run;
-        SELECT least(run::bigint / width * width + width, coalesce(min(b.lo), 2147483647))
+        SELECT least(run::bigint / width * width + width, coalesce(min(b.lo), 2147483648))
         INTO hi
         FROM events_partition_bounds() AS b WHERE b.lo > run;
         EXECUTE format(
@@ -90,7 +98,7 @@ BEGIN
             'events_r' || lpad(lo::text, 10, '0'));
         EXECUTE format(
             'ALTER TABLE events ATTACH PARTITION %I FOR VALUES FROM (%s) TO (%s)',
-            'events_r' || lpad(lo::text, 10, '0'), lo, hi);
+            'events_r' || lpad(lo::text, 10, '0'), lo, events_bound(hi));
         made := made + 1;
     END LOOP;
     RETURN made;
@@ -100,12 +108,13 @@ $$;
 -- Every partition of `events` and the runs it holds, [lo, hi).
 CREATE FUNCTION events_partition_bounds()
 RETURNS TABLE (partition regclass, lo bigint, hi bigint)
-LANGUAGE sql STABLE AS $$
-    SELECT c.oid::regclass, m[1]::bigint, m[2]::bigint
+LANGUAGE sql STABLE SET search_path FROM CURRENT AS $$
+    SELECT c.oid::regclass, m[1]::bigint,
+           CASE m[2] WHEN 'MAXVALUE' THEN 2147483648 ELSE m[2]::bigint END
     FROM pg_inherits AS i
     JOIN pg_class AS c ON c.oid = i.inhrelid
     CROSS JOIN LATERAL regexp_match(
-        pg_get_expr(c.relpartbound, c.oid), 'FROM \((\d+)\) TO \((\d+)\)') AS m
+        pg_get_expr(c.relpartbound, c.oid), 'FROM \((\d+)\) TO \((\d+|MAXVALUE)\)') AS m
     WHERE i.inhparent = 'events'::regclass
     ORDER BY 2
 $$;

@@ -98,6 +98,11 @@ async def test_partitions_fit_between_existing_ones(catalogue: str) -> None:
             ("events_r0000006000", 6000, 6300),
         ]
         assert await conn.fetchval(queries.ADD_PARTITIONS, [5000, 6299]) == 0
+        # The last range ends past the largest run number.
+        assert await conn.fetchval(queries.ADD_PARTITIONS, [2**31 - 1]) == 1
+        assert (await partitions(conn))[-1] == ("events_r2147483400", 2147483400, 2**31)
+        await conn.execute("INSERT INTO datasets (id, name) VALUES (1, 'd')")
+        await conn.execute("INSERT INTO events VALUES (2147483647, 1, 0, 1, gen_random_uuid())")
     finally:
         await conn.close()
 

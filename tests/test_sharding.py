@@ -254,6 +254,44 @@ async def test_failed_load_changes_no_server(layout: Layout, tmp_path: Path) -> 
         assert load(url, str(bad), "--on-conflict", "skip").returncode == 0
 
 
+async def test_careful_load_of_new_runs_on_shards(
+    layout: Layout, clients: tuple[httpx.AsyncClient, httpx.AsyncClient], tmp_path: Path
+) -> None:
+    """A duplicate sends a shard's part down the careful path, which must make the
+    partitions of new runs where `events` is (not in its private staging schema); quoted
+    run numbers are routed by their value."""
+    sharded, single = clients
+    conn = await asyncpg.connect(layout.reference)
+    known = await conn.fetchrow(
+        "SELECT run_number, event_number, olt_result, dsid_raw, fuid_raw::text FROM events"
+        " ORDER BY run_number, event_number LIMIT 1"
+    )
+    await conn.close()
+    assert known is not None
+    new_runs = range(900_000, 900_040, 4)  # far above every partition so far
+    lines = [
+        "run_number,event_number,olt_result,dsid_raw,fuid_raw",
+        ",".join(str(v) for v in known.values()),
+        *(
+            f'"{run}",{e},2,1,00000000-0000-0000-0000-{run:012d}'
+            for run in new_runs
+            for e in range(3)
+        ),
+    ]
+    path = tmp_path / "events.csv"
+    path.write_text("\n".join(lines) + "\n")
+    for url in (layout.coordinator, layout.reference):
+        done = load(url, str(path))
+        assert done.returncode == 0, done.stderr
+        assert "30 new, 1 identical duplicates skipped" in done.stdout
+    pairs = [[run, e] for run in new_runs for e in range(4)]
+    one = await sharded.post("/v1/lookup", json={"pairs": pairs})
+    other = await single.post("/v1/lookup", json={"pairs": pairs})
+    assert one.status_code == 200
+    assert one.json()["summary"]["found"] == 30
+    assert one.content == other.content
+
+
 async def test_shard_down_is_a_503_naming_it(
     layout: Layout, clients: tuple[httpx.AsyncClient, httpx.AsyncClient]
 ) -> None:

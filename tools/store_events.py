@@ -609,6 +609,8 @@ async def run(args: argparse.Namespace) -> int:
                 results.append(await loader.load_events(source))
     except asyncpg.UndefinedTableError:
         raise LoadError("the database is not migrated: run 'eventindex migrate'") from None
+    except asyncpg.PostgresError as exc:
+        raise LoadError(f"the database refused: {str(exc).splitlines()[0]}") from None
     except sharding.PartialCommit:
         raise
     except sharding.ShardingError as exc:
@@ -646,7 +648,8 @@ class ShardParts:
 
     def _shard(self, line: bytes) -> str:
         fields = line.split(b",", self._index + 1)
-        key = fields[self._index].strip() if len(fields) > self._index else b""
+        # COPY accepts a quoted number too: route it by its value.
+        key = fields[self._index].strip().strip(b'"').strip() if len(fields) > self._index else b""
         name = self._shard_of_run.get(key)
         if name is None:
             try:
@@ -718,6 +721,9 @@ async def load_sharded(
         async with sharding.shard_connections(shard_map) as conns:
             for name, conn in conns.items():
                 await commit.begin(f"shard {name}", conn)
+                # Loads wait for each other's locks on several servers, where no deadlock
+                # detector sees them all: a wait this long fails the load instead.
+                await conn.execute(queries.SHARD_LOAD_LOCK_TIMEOUT)
             for source in dataset_sources:
                 n = await loader.load_datasets(source)
                 print(f"{source.name}: {n} new datasets")
@@ -753,7 +759,11 @@ async def _load_sharded_file(
                 record=False,
                 private_stage=True,
             )
-            result = await shard_loader.load_events(part)
+            try:
+                result = await shard_loader.load_events(part)
+            except asyncpg.PostgresError as exc:
+                first = str(exc).splitlines()[0]
+                raise LoadError(f"{source.name}: shard {name}: {first}") from None
             total.inserted += result.inserted
             total.identical += result.identical
             total.conflicts += result.conflicts
