@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,6 +24,7 @@ from asgi_lifespan import LifespanManager
 from eventindex import migrate, queries
 from eventindex.app import create_app
 from eventindex.config import Settings
+from tools.localpg import free_port
 
 RUNS = range(100, 105)
 EVENTS_PER_RUN = 1000
@@ -184,13 +184,6 @@ async def app_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
 async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
     async for c in app_client(settings):
         yield c
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 class Server:

@@ -15,7 +15,8 @@ import httpx
 import pytest
 
 from eventindex.client import EventIndexClient, ProblemError, SyncEventIndexClient, UnavailableError
-from tests.conftest import EVENTS_PER_RUN, RUNS, Server, dsid_of, free_port, fuid_of, run_server
+from tests.conftest import EVENTS_PER_RUN, RUNS, Server, dsid_of, fuid_of, run_server
+from tools.localpg import free_port
 
 
 def known(run: int, event: int) -> bool:

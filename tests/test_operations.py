@@ -15,7 +15,8 @@ import pytest
 from pydantic import SecretStr
 
 from eventindex.config import Settings
-from tests.conftest import app_client, endless_upload, feed, free_port, run_server
+from tests.conftest import app_client, endless_upload, feed, run_server
+from tools.localpg import free_port
 
 
 async def test_metrics_count_requests_pairs_and_pool(client: httpx.AsyncClient) -> None:

@@ -19,9 +19,10 @@ import httpx
 import pytest
 
 from eventindex.config import Settings
-from tests.conftest import app_client, free_port
+from tests.conftest import app_client
 from tests.pgcluster import LocalServer, Root, require
 from tests.tools.test_store_events import generate, load
+from tools.localpg import free_port
 
 FIRST_RUN = 300
 PAIRS = [(FIRST_RUN + i % 4, (i * 37) % 700) for i in range(3000)]

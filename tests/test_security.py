@@ -25,7 +25,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
 from eventindex.config import Mode, Settings
-from tests.conftest import app_client, free_port
+from tests.conftest import app_client
+from tools.localpg import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 

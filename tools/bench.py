@@ -39,7 +39,6 @@ import argparse
 import asyncio
 import io
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -56,6 +55,7 @@ import numpy as np
 import orjson
 
 from eventindex import queries
+from tools.localpg import free_port
 
 BENCH_DATABASE = "eventindex_bench"
 EVENTS_PER_RUN = 100_000
@@ -246,13 +246,6 @@ async def timed(items: int, run: Callable[..., Awaitable[Any]], *args: Any) -> f
     started = time.perf_counter()
     await run(*args)
     return items / (time.perf_counter() - started)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def start_service(db_url: str) -> tuple[subprocess.Popen[bytes], str]:
