@@ -22,12 +22,14 @@ from eventindex.config import MAX_EVENT_NUMBER, MAX_RUN_NUMBER
 
 _FAST_TEXT = re.compile(rb"^[ \t]*(\d{1,10})(?:[ \t]*[,:/][ \t]*|[ \t]+)(\d{1,19})[ \t]*\r?$", re.M)
 _FAST_NDJSON = re.compile(
-    rb'^[ \t]*\{[ \t]*"run_number"[ \t]*:[ \t]*(\d{1,10})[ \t]*,'
-    rb'[ \t]*"event_number"[ \t]*:[ \t]*(\d{1,19})[ \t]*\}[ \t]*\r?$',
+    rb'^[ \t]*\{[ \t]*"run_number"[ \t]*:[ \t]*(0|[1-9]\d{0,9})[ \t]*,'
+    rb'[ \t]*"event_number"[ \t]*:[ \t]*(0|[1-9]\d{0,18})[ \t]*\}[ \t]*\r?$',
     re.M,
 )
 _TEXT_PAIR = re.compile(r"([^\s,:/]+)\s*[,:/]\s*([^\s,:/]+)|([^\s,:/]+)\s+([^\s,:/]+)")
 _DIGIT = re.compile(r"\d")
+_WHOLE_NUMBER = re.compile(r"[+-]?[0-9]+")
+_SHOWN_CHARS = 40
 _PAIR_KEYS = frozenset(("run_number", "event_number"))
 
 MAX_REPORTED_ERRORS = 1000
@@ -57,15 +59,32 @@ class PairSyntaxError(ValueError):
         return cls([LineError(line, reason)])
 
 
+def _shown(text: str, quoted: bool = True) -> str:
+    """The text for an error message, cut short if long."""
+    short = text if len(text) <= _SHOWN_CHARS else text[:_SHOWN_CHARS] + "..."
+    return repr(short) if quoted else short
+
+
 def check_number(value: object, name: str, maximum: int) -> int:
     """An int within [0, maximum], or ValueError saying what it is instead."""
     if isinstance(value, bool) or not isinstance(value, int):
         if isinstance(value, str):
             text = value.strip()
-            if text.isascii() and text.lstrip("+-").isdigit():
-                value = int(text)
-            else:
-                raise ValueError(f"{name} {value!r} is not a whole number")
+            if _WHOLE_NUMBER.fullmatch(text) is None:
+                raise ValueError(f"{name} {_shown(value)} is not a whole number")
+            if len(text.lstrip("+-").lstrip("0")) > len(str(maximum)):
+                # Not converted: far too large, and int() refuses over 4300 digits.
+                digits = _shown(text, quoted=False)
+                if text.startswith("-"):
+                    raise ValueError(f"{name} {digits} is negative")
+                raise ValueError(f"{name} {digits} is larger than {maximum}")
+            value = int(text)
+        elif isinstance(value, float) and value.is_integer() and abs(value) > maximum:
+            # orjson reads integers beyond 64 bits as floats.
+            digits = _shown(f"{value:.0f}", quoted=False)
+            if value < 0:
+                raise ValueError(f"{name} {digits} is negative")
+            raise ValueError(f"{name} {digits} is larger than {maximum}")
         else:
             raise ValueError(f"{name} must be a whole number, not {type(value).__name__}")
     assert isinstance(value, int)
@@ -87,7 +106,7 @@ def _parse_json_item(text: str) -> tuple[int, int]:
             raise ValueError(f"missing {', '.join(sorted(missing))}")
         extra = item.keys() - _PAIR_KEYS
         if extra:
-            raise ValueError(f"unexpected field {sorted(extra)[0]!r}")
+            raise ValueError(f"unexpected field {_shown(sorted(extra)[0])}")
         run, event = item["run_number"], item["event_number"]
     elif isinstance(item, list) and len(item) == 2:
         run, event = item
@@ -105,7 +124,7 @@ def _parse_text_piece(piece: str) -> tuple[int, int]:
     match = _TEXT_PAIR.fullmatch(piece)
     if match is None:
         raise ValueError(
-            f"expected 'run event' (or run:event, run,event, run/event), got {piece!r}"
+            f"expected 'run event' (or run:event, run,event, run/event), got {_shown(piece)}"
         )
     run, event = match.group(1, 2) if match.group(1) is not None else match.group(3, 4)
     return (
@@ -171,8 +190,9 @@ class PairParser:
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError:
+            self.seen_content = True  # a line, if not a readable one: no header after it
             raise ValueError("not valid UTF-8") from None
-        text = text.strip().lstrip("\ufeff")
+        text = text.strip().lstrip("\ufeff").strip()
         if text.startswith(("{", "[")):
             self.seen_content = True
             return [_parse_json_item(text)]

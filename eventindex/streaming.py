@@ -81,10 +81,14 @@ async def spooled_batches(
     pairs before it. A parser that collects errors instead never stops.
     """
     parser = parser or PairParser()
+    limit = MAX_LINE_BYTES
     total = 0
     runs: list[int] = []
     events: list[int] = []
-    tail = b""
+    # The start of a line whose end has not come yet, in the pieces it came in (joined
+    # once, when its end comes: a line sent a byte at a time costs no more than another).
+    pending: list[bytes] = []
+    pending_size = 0
     while True:
         if runs and total and not spool.has_data():
             total += len(runs)
@@ -93,40 +97,56 @@ async def spooled_batches(
         data = await spool.read()
         if not data:
             break
-        data = tail + data if tail else data
         cut = data.rfind(b"\n")
         if cut < 0:
-            tail = data
+            pending.append(data)
+            pending_size += len(data)
         else:
-            tail = data[cut + 1 :]
-            r, e = parser.feed(data[: cut + 1])
+            lines = b"".join((*pending, data[: cut + 1])) if pending else data[: cut + 1]
+            rest = data[cut + 1 :]
+            pending, pending_size = ([rest], len(rest)) if rest else ([], 0)
+            # A line too long is refused however it came, in pieces or whole within one
+            # read: stop at the first one. Each step passes up to `limit` bytes.
+            checked = 0  # the lines before this are short enough
+            while len(lines) - checked > limit:
+                newline = lines.rfind(b"\n", checked, checked + limit + 1)
+                if newline < 0:
+                    break
+                checked = newline + 1
+            long_line = len(lines) - checked > limit
+            r, e = parser.feed(lines[:checked] if long_line else lines)
             runs += r
             events += e
+            if long_line and parser.failure is None:
+                parser.failure = PairSyntaxError.single(
+                    parser.line_no + 1, f"line longer than {limit} bytes"
+                )
             if parser.failure is not None:
                 break
-        if len(tail) > MAX_LINE_BYTES:
+        if pending_size > limit:
             parser.failure = PairSyntaxError.single(
-                parser.line_no + 1, f"line longer than {MAX_LINE_BYTES} bytes"
+                parser.line_no + 1, f"line longer than {limit} bytes"
             )
             break
         while len(runs) >= batch_size:
             total += batch_size
             yield runs[:batch_size], events[:batch_size]
             runs, events = runs[batch_size:], events[batch_size:]
-    if tail and parser.failure is None:
-        r, e = parser.feed(tail)
+    if pending and parser.failure is None:
+        r, e = parser.feed(b"".join(pending))
         runs += r
         events += e
     if parser.failure is not None:
-        if total + len(runs) >= batch_size:
-            for start in range(0, len(runs), batch_size):
-                yield runs[start : start + batch_size], events[start : start + batch_size]
-        raise parser.failure
-    if runs:
-        yield runs, events
-    elif total == 0:
+        if total + len(runs) < batch_size:
+            raise parser.failure
+    elif not runs and total == 0:
         parser.raise_collected()
         raise Problem(422, "no-pairs", "No pairs", "The request body contains no pairs.")
+    # The last line may hold many pairs (";"): still no batch over batch_size.
+    for start in range(0, len(runs), batch_size):
+        yield runs[start : start + batch_size], events[start : start + batch_size]
+    if parser.failure is not None:
+        raise parser.failure
 
 
 class LookupStream(Response):
