@@ -10,10 +10,12 @@ from typing import Any, TypedDict
 
 import asyncpg
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 
 from eventindex import __version__
 from eventindex.auth import Authenticator
+from eventindex.bodylimits import BodyLimits
 from eventindex.config import Settings
 from eventindex.db import create_pool
 from eventindex.metrics import Metrics
@@ -22,7 +24,8 @@ from eventindex.ratelimit import RateLimit
 from eventindex.requestlog import RequestLog
 from eventindex.routes import catalogue, events, health, tokens, web
 from eventindex.routes import metrics as metrics_routes
-from eventindex.schemas import LookupRequest
+from eventindex.schemas import LookupRequest, ProblemDetail
+from eventindex.secheaders import SecurityHeaders
 
 log = logging.getLogger("eventindex")
 
@@ -89,13 +92,31 @@ def create_app(settings: Settings) -> FastAPI:
     if settings.metrics_enabled:
         app.include_router(metrics_routes.router)
     web.mount(app)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "Accept", "X-Request-Id"],
+            expose_headers=["X-Request-Id", "Retry-After"],
+            max_age=600,
+        )
+    app.add_middleware(
+        BodyLimits,
+        max_bytes=settings.max_body_bytes,
+        timeout=settings.body_timeout,
+        exempt=frozenset({"/v1/lookup"}),  # reads its own body, with its own limits
+    )
+    app.add_middleware(
+        SecurityHeaders, docs_paths=frozenset({"/docs", "/docs/oauth2-redirect", "/redoc"})
+    )
     # Outermost: every request is timed and logged, errors and 429s included.
     app.add_middleware(RequestLog, metrics=metrics)
-    _document_raw_bodies(app)
+    _document_raw_bodies(app, credential_required=settings.auth_enabled)
     return app
 
 
-def _document_raw_bodies(app: FastAPI) -> None:
+def _document_raw_bodies(app: FastAPI, credential_required: bool) -> None:
     """Add the models of bodies that handlers read themselves to the OpenAPI components."""
 
     def openapi() -> dict[str, Any]:
@@ -107,10 +128,16 @@ def _document_raw_bodies(app: FastAPI) -> None:
                 routes=app.routes,
             )
             components = schema.setdefault("components", {}).setdefault("schemas", {})
-            for model in (LookupRequest,):
+            for model in (LookupRequest, ProblemDetail):
                 model_schema = model.model_json_schema(ref_template=_REF)
                 components.update(model_schema.pop("$defs", {}))
                 components[model.__name__] = model_schema
+            if not credential_required:
+                # Open (development) service: a credential may be sent, need not be.
+                for item in schema["paths"].values():
+                    for operation in item.values():
+                        if "security" in operation:
+                            operation["security"] = [{}, *operation["security"]]
             app.openapi_schema = schema
         return app.openapi_schema
 

@@ -17,9 +17,11 @@ import logging
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Annotated
 
 import jwt
-from fastapi import Request
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from eventindex import queries
 from eventindex.config import Settings
@@ -31,6 +33,17 @@ TOKEN_PREFIX = "ei_"
 _JWT_ALGORITHMS = ["RS256", "RS384", "RS512", "ES256", "ES384", "PS256"]
 
 log = logging.getLogger("eventindex.auth")
+
+# Documents the credential in the OpenAPI document (a security scheme, and a security
+# requirement on every operation that calls ``require``). It checks nothing itself:
+# ``Authenticator`` does, and only when authentication is on (production mode).
+BEARER = HTTPBearer(
+    scheme_name="bearer",
+    description="An EventIndex API token (`ei_...`, from `eventindex token create` or "
+    "POST /v1/tokens) or a JWT of the configured OpenID Connect issuer. Required when "
+    "authentication is on (production mode); without it the API is open.",
+    auto_error=False,
+)
 
 
 def new_token() -> str:
@@ -135,10 +148,13 @@ class Authenticator:
         log.warning("authentication failed from %s: %s", client, reason)
 
 
-def require(scope: str) -> Callable[[Request], Awaitable[Principal]]:
+def require(scope: str) -> Callable[..., Awaitable[Principal]]:
     """A dependency: the caller, who must hold ``scope`` when authentication is on."""
 
-    async def check(request: Request) -> Principal:
+    async def check(
+        request: Request,
+        _documented: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)],
+    ) -> Principal:
         auth: Authenticator = request.app.state.auth
         principal = await auth.identify(request)
         if principal is None:

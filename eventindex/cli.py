@@ -9,12 +9,15 @@ import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
 from eventindex.config import Settings, describe_validation_error
 from eventindex.requestlog import configure_logging
+
+if TYPE_CHECKING:
+    import asyncpg
 
 
 class CliError(Exception):
@@ -48,18 +51,22 @@ def resolve_database(settings: Settings) -> tuple[Settings, Any]:
     return settings.model_copy(update={"database_url": url}), server
 
 
-async def _migrate(url: str) -> list[str]:
-    import asyncpg
-
-    from eventindex import migrate
-    from eventindex.db import UNAVAILABLE_ERRORS
+async def connect_or_fail(url: str) -> asyncpg.Connection:
+    """A connection, or a CliError of one line that shows no part of the password."""
+    from eventindex.db import CONNECT_ERRORS, connect, describe_connect_error
 
     try:
-        conn = await asyncpg.connect(url, timeout=10)
-    except UNAVAILABLE_ERRORS as exc:
-        raise CliError(f"cannot connect to the database: {exc}") from None
-    except asyncpg.PostgresError as exc:
-        raise CliError(f"cannot connect to the database: {exc}") from None
+        return await connect(url, timeout=10)
+    except CONNECT_ERRORS as exc:
+        why = describe_connect_error(exc, url)
+        raise CliError(f"cannot connect to the database: {why}") from None
+
+
+async def _migrate(url: str) -> list[str]:
+
+    from eventindex import migrate
+
+    conn = await connect_or_fail(url)
     try:
         return [m.name for m in await migrate.apply(conn)]
     except migrate.MigrationError as exc:
@@ -78,6 +85,8 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
+
+    from eventindex.httpguard import HeadLimits, protocol_factory
 
     settings = load_settings(
         database_url=args.database_url,
@@ -115,6 +124,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "timeout_graceful_shutdown": settings.shutdown_grace_seconds,
         "proxy_headers": True,
         "forwarded_allow_ips": settings.forwarded_allow_ips,
+        "server_header": False,  # no software version for scanners
+        "timeout_keep_alive": settings.keepalive_timeout,
+        "http": protocol_factory(
+            HeadLimits(
+                header_timeout=settings.header_timeout,
+                max_header_bytes=settings.max_header_bytes,
+                max_headers=settings.max_headers,
+                max_connections=settings.max_connections,
+            )
+        ),
         **tls_options(settings),
     }
     if args.reload or settings.workers > 1:
@@ -166,10 +185,7 @@ def cmd_token(args: argparse.Namespace) -> int:
     async def run() -> int:
         import asyncpg
 
-        try:
-            conn = await asyncpg.connect(url, timeout=10)
-        except (OSError, asyncpg.PostgresError) as exc:
-            raise CliError(f"cannot connect to the database: {exc}") from None
+        conn = await connect_or_fail(url)
         try:
             if args.token_command == "create":
                 expires = tokens.parse_expiry(args.expires)
@@ -207,6 +223,7 @@ def cmd_token(args: argparse.Namespace) -> int:
 def cmd_shards(args: argparse.Namespace) -> int:
     """Set up and grow a sharded catalogue (docs/scaling.md)."""
     from eventindex import sharding
+    from eventindex.db import DatabaseUrlError
 
     settings = load_settings(database_url=args.database_url)
     if settings.database_url is None:
@@ -214,7 +231,6 @@ def cmd_shards(args: argparse.Namespace) -> int:
     url = settings.database_url
 
     async def run() -> None:
-        import asyncpg
 
         if args.shards_command == "init":
             shards = {}
@@ -232,7 +248,7 @@ def cmd_shards(args: argparse.Namespace) -> int:
                 f"{sum(moved.values()):,} events moved to it"
             )
         else:
-            conn = await asyncpg.connect(url, timeout=10)
+            conn = await connect_or_fail(url)
             try:
                 if not await sharding.is_coordinator(conn):
                     raise CliError("this database is not a coordinator (run 'shards init')")
@@ -244,7 +260,7 @@ def cmd_shards(args: argparse.Namespace) -> int:
         asyncio.run(run())
     except sharding.ShardingError as exc:
         raise CliError(str(exc)) from None
-    except (TimeoutError, OSError) as exc:
+    except (TimeoutError, OSError, DatabaseUrlError) as exc:
         raise CliError(f"cannot reach a database: {exc}") from None
     except Exception as exc:
         import asyncpg
@@ -271,10 +287,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     url = settings.database_url
 
     async def run() -> list[dict[str, Any]]:
-        try:
-            conn = await asyncpg.connect(url, timeout=10)
-        except (OSError, asyncpg.PostgresError) as exc:
-            raise CliError(f"cannot connect to the database: {exc}") from None
+        conn = await connect_or_fail(url)
         try:
             ids = args.dataset or [
                 r["id"] for r in await catalogue.dataset_page(conn, None, -1, 1_000_000)
@@ -311,11 +324,10 @@ DEMO_EVENTS = 1_000_000
 
 async def _load_demo(url: str, data_dir: Path) -> None:
     """Generate and load a demo catalogue the first time; show pairs to try."""
-    import asyncpg
 
     from eventindex import queries
 
-    conn = await asyncpg.connect(url, timeout=10)
+    conn = await connect_or_fail(url)
     try:
         if await conn.fetchval(queries.CATALOGUE_EMPTY):
             from tools import gen_data, store_events

@@ -41,10 +41,12 @@ class Settings(BaseSettings):
 
     database_url: str | None = Field(
         default=None,
+        repr=False,  # may hold a password
         description="PostgreSQL URL; unset means an embedded server under data_dir",
     )
     read_database_urls: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
+        repr=False,
         description="read-only PostgreSQL URLs (streaming replicas), comma-separated: "
         "lookups and catalogue queries go there, writes to database_url; when none "
         "answers, reads fall back to database_url",
@@ -97,6 +99,39 @@ class Settings(BaseSettings):
     max_json_pairs: Annotated[int, Field(ge=1)] = 100_000
     max_body_bytes: Annotated[int, Field(ge=1024)] = 16 * 1024 * 1024
     max_stream_bytes: Annotated[int, Field(ge=1024)] = 4 * 1024**3
+    header_timeout: Annotated[float, Field(gt=0)] = Field(
+        default=10.0,
+        description="seconds a client has to send a request's line and headers (else 408 "
+        "and the connection is closed; a silent connection is closed)",
+    )
+    max_header_bytes: Annotated[int, Field(ge=1024)] = Field(
+        default=64 * 1024, description="largest request line and headers (else 431)"
+    )
+    max_headers: Annotated[int, Field(ge=10)] = Field(
+        default=100, description="most header fields in a request (else 431)"
+    )
+    max_connections: Annotated[int, Field(ge=1)] = Field(
+        default=2048,
+        description="open client connections per worker; more are answered 503 and closed",
+    )
+    keepalive_timeout: Annotated[float, Field(gt=0)] = Field(
+        default=5.0, description="seconds an idle keep-alive connection stays open"
+    )
+    body_timeout: Annotated[float, Field(gt=0)] = Field(
+        default=60.0,
+        description="seconds a client has to send a body the service reads whole (JSON "
+        "lookups, tokens); else 408",
+    )
+    stream_idle_timeout: Annotated[float, Field(gt=0)] = Field(
+        default=60.0,
+        description="seconds a streamed lookup waits for more of its body before it ends "
+        "with a 408 problem",
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="origins (comma-separated) whose web pages may call the API from a "
+        "browser; none by default",
+    )
     lookup_batch_size: Annotated[int, Field(ge=1, le=100_000)] = 20_000
     stream_connections: Annotated[int, Field(ge=1, le=16)] = 2
     spool_memory_bytes: Annotated[int, Field(ge=64 * 1024)] = 8 * 1024 * 1024
@@ -124,6 +159,13 @@ class Settings(BaseSettings):
         # A URL may itself hold commas (several hosts): split only before a scheme.
         if isinstance(value, str):
             return [u.strip() for u in re.split(r",\s*(?=postgres(?:ql)?://)", value) if u.strip()]
+        return value
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [o.strip() for o in value.split(",") if o.strip()]
         return value
 
     @property

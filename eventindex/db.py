@@ -8,7 +8,8 @@ import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Annotated, Any, TypeAlias, cast
+from typing import Annotated, Any, TypeAlias, TypeVar, cast
+from urllib.parse import unquote
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
@@ -33,7 +34,22 @@ UNAVAILABLE_ERRORS: tuple[type[Exception], ...] = (
     asyncpg.AdminShutdownError,
     asyncpg.CrashShutdownError,
     asyncpg.TooManyConnectionsError,
+    # A pooled connection the server closed under it (a restart) can be handed out
+    # before the driver has seen the close; the driver then fails with this.
+    asyncpg.InternalClientError,
 )
+
+
+_T = TypeVar("_T")
+
+
+class PoolExhausted(TimeoutError):
+    """Every pooled connection stayed in use for the whole acquire timeout."""
+
+    def __init__(self, size: int, timeout: float) -> None:
+        super().__init__(f"all {size} database connections in use for {timeout:g} s")
+        self.size = size
+        self.timeout = timeout
 
 
 _REPLICA_ERRORS: tuple[type[Exception], ...] = (*UNAVAILABLE_ERRORS, asyncpg.PostgresError)
@@ -49,9 +65,81 @@ def server_settings(settings: Settings) -> dict[str, str]:
     }
 
 
+_PASSWORD_PARAM = re.compile(r"(?i)([?&](?:ssl)?password=)([^&#]*)")
+# password=... in a URL's query or a libpq connection string (key=value ...).
+_PASSWORD_SETTING = re.compile(
+    r"(?i)((?:^|[?&\s])(?:ssl)?password\s*=\s*)('(?:[^'\\]|\\.)*'|[^&#\s]*)"
+)
+# What may separate pieces of a password that a URL parser has cut apart.
+_URL_DELIMITERS = re.compile(r"[/?#@:\[\],&=\s]")
+
+
 def redact(url: str) -> str:
-    """A database URL fit for a log line: no password."""
-    return re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", url)
+    """A database URL fit for a log line: no password (in the user part or a
+    ``password=`` parameter), even when the password holds unencoded / ? # @."""
+    scheme, sep, rest = url.partition("://")
+    if sep and "@" in rest:
+        userinfo, _, hosts = rest.rpartition("@")
+        user, colon, _password = userinfo.partition(":")
+        if colon:
+            rest = f"{user}:***@{hosts}"
+    return _PASSWORD_PARAM.sub(r"\1***", scheme + sep + rest)
+
+
+def _url_secrets(url: str) -> list[str]:
+    """The URL's password and every piece of it a parser may have cut off and quoted
+    (as ``postgresql://u:pa/ss@h/db`` is read as host ``u``, port ``pa``)."""
+    _scheme, sep, rest = url.partition("://")
+    found = [m[2] for m in _PASSWORD_PARAM.finditer(url)]
+    if sep and "@" in rest:
+        _user, colon, password = rest.rpartition("@")[0].partition(":")
+        if colon:
+            found.append(password)
+    pieces: set[str] = set()
+    for secret in found:
+        for variant in (secret, unquote(secret)):
+            pieces.add(variant)
+            pieces.update(_URL_DELIMITERS.split(variant))
+    return sorted((p for p in pieces if len(p) >= 2), key=len, reverse=True)
+
+
+def scrub(text: str, *urls: str) -> str:
+    """``text`` with the passwords of ``urls`` (and any URL's password) masked."""
+    for url in urls:
+        for secret in _url_secrets(url):
+            text = text.replace(secret, "***")
+    text = re.sub(r"(\w://[^\s/@:]*):[^\s@]*@", r"\1:***@", text)
+    return _PASSWORD_SETTING.sub(r"\1***", text)
+
+
+def describe_connect_error(exc: BaseException, url: str) -> str:
+    """One line on a failed connection to ``url``, with no part of its password."""
+    lines = str(exc).strip().splitlines()
+    return scrub(lines[0] if lines else type(exc).__name__, url)
+
+
+class DatabaseUrlError(asyncpg.ClientConfigurationError):
+    """A database URL that cannot be parsed; its message shows no part of the password."""
+
+
+# What connect() may raise for a database that is away, refuses or is misconfigured.
+CONNECT_ERRORS: tuple[type[Exception], ...] = (*UNAVAILABLE_ERRORS, asyncpg.PostgresError)
+
+
+async def connect(url: str, **kwargs: Any) -> asyncpg.Connection:
+    """``asyncpg.connect``, except that a URL it cannot parse raises DatabaseUrlError
+    (asyncpg's own ValueError may quote a piece of the password: a password holding an
+    unencoded / or # is read as a port)."""
+    try:
+        return await asyncpg.connect(url, **kwargs)
+    except asyncpg.InterfaceError:
+        raise
+    except (ValueError, OverflowError, TypeError) as exc:
+        message = (
+            f"the database URL {redact(url)!r} cannot be read ({str(exc).strip()}); "
+            "a user name or password holding / ? # @ : [ ] must be percent-encoded"
+        )
+        raise DatabaseUrlError(scrub(" ".join(message.split()), url)) from None
 
 
 def replica_connector(
@@ -66,16 +154,21 @@ def replica_connector(
     """
     turn = itertools.count()
 
-    async def connect(*args: Any, **kwargs: Any) -> asyncpg.Connection:
+    async def connect_replica(*args: Any, **kwargs: Any) -> asyncpg.Connection:
         start = next(turn) % len(replicas)
         for url in replicas[start:] + replicas[:start]:
             try:
-                return await asyncpg.connect(url, *args[1:], **{**kwargs, "timeout": timeout})
+                return await connect(url, **{**kwargs, "timeout": timeout})
             except _REPLICA_ERRORS as exc:
-                log.warning("read replica %s unavailable (%r)", redact(url), exc)
-        return await asyncpg.connect(primary, *args[1:], **kwargs)
+                why = describe_connect_error(exc, url)
+                log.warning("read replica %s unavailable (%s: %s)", redact(url), _kind(exc), why)
+        return await connect(primary, **kwargs)
 
-    return connect
+    return connect_replica
+
+
+def _kind(exc: BaseException) -> str:
+    return type(exc).__name__
 
 
 async def create_pool(
@@ -90,10 +183,11 @@ async def create_pool(
     """
 
     async def make(size: int) -> asyncpg.Pool:
-        connect = replica_connector(replicas, dsn, _REPLICA_TIMEOUT) if replicas else None
         pool = await asyncpg.create_pool(
             dsn,
-            connect=cast(Any, connect),
+            connect=cast(
+                Any, replica_connector(replicas, dsn, _REPLICA_TIMEOUT) if replicas else connect
+            ),
             statement_cache_size=settings.statement_cache_size,
             init_size=size,
             min_size=size,
@@ -108,8 +202,11 @@ async def create_pool(
 
     try:
         return await make(settings.pool_min_size)
+    except DatabaseUrlError:
+        raise  # a setting to correct: waiting will not help
     except UNAVAILABLE_ERRORS as exc:
-        log.warning("database unreachable at start (%r); will connect on demand", exc)
+        why = f"{_kind(exc)}: {describe_connect_error(exc, dsn)}"
+        log.warning("database unreachable at start (%s); will connect on demand", why)
         return await make(0)
 
 
@@ -121,6 +218,10 @@ async def acquire(pool: asyncpg.Pool, timeout: float) -> AsyncIterator[Connectio
         metrics.waiting += 1
     try:
         conn = await pool.acquire(timeout=timeout)
+    except TimeoutError:
+        if pool.get_idle_size() == 0 and pool.get_size() >= pool.get_max_size():
+            raise PoolExhausted(pool.get_max_size(), timeout) from None
+        raise
     finally:
         if metrics is not None:
             metrics.waiting -= 1
@@ -149,3 +250,33 @@ def get_settings(request: Request) -> Settings:
 PoolDep = Annotated[asyncpg.Pool, Depends(get_pool)]
 ReadPoolDep = Annotated[asyncpg.Pool, Depends(get_read_pool)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+async def copy_unless_lost(conn: asyncpg.Connection, copy: Awaitable[_T]) -> _T:
+    """Await a ``COPY ... FROM STDIN`` of ``conn``; fail when the connection is lost.
+
+    asyncpg waits for its socket's write buffer to drain before it sends each
+    piece of a COPY, and when the server goes away during that wait nothing
+    wakes it: the COPY (and the loader) would wait for ever. A listener on the
+    connection's end cancels it instead, and the loss is raised as such.
+    """
+    task = asyncio.ensure_future(copy)
+    lost = False
+
+    def on_close(_: object) -> None:
+        nonlocal lost
+        lost = True
+        task.cancel()
+
+    conn.add_termination_listener(on_close)
+    try:
+        return await task
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if lost and (current is None or not current.cancelling()):
+            raise asyncpg.ConnectionDoesNotExistError(
+                "the connection to the database was lost during COPY"
+            ) from None
+        raise
+    finally:
+        conn.remove_termination_listener(on_close)

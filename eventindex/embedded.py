@@ -7,6 +7,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from eventindex import queries
+
 log = logging.getLogger("eventindex")
 
 DATABASE = "eventindex"
@@ -39,7 +41,11 @@ def start(data_dir: Path, database: str = DATABASE) -> tuple[Any, str]:
         server = get_server(pgdata, cleanup_mode="stop")
     except Exception as exc:
         raise EmbeddedError(f"cannot start embedded PostgreSQL in {pgdata}: {exc}") from exc
-    exists = server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{database}';")
+    # psql (reading its stdin) is the only way in here and cannot bind parameters: the
+    # name goes in as a quoted literal and identifier.
+    exists = server.psql(
+        queries.DATABASE_EXISTS_LITERAL.format(name=queries.literal(database)) + ";"
+    )
     if "1 row" not in exists:
-        server.psql(f'CREATE DATABASE "{database}";')
+        server.psql(queries.CREATE_DATABASE.format(name=queries.ident(database)) + ";")
     return server, server.get_uri(database)

@@ -16,6 +16,16 @@ from eventindex.metrics import count_pairs, timed_query
 
 Batch = tuple[list[int], list[int]]
 
+# Errors of a connection that broke under a query, as opposed to errors of the query.
+BROKEN_CONNECTION_ERRORS: tuple[type[Exception], ...] = (
+    asyncpg.ConnectionDoesNotExistError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.InternalClientError,
+    ConnectionError,
+)
+_RETRY_PAUSE = 0.5
+
 # Below this, splitting a request over connections costs more than it saves.
 MIN_SPLIT = 2_000
 
@@ -56,42 +66,70 @@ async def lookup_connections(
         yield conns
 
 
+async def lookup_on_pool(
+    pool: asyncpg.Pool, runs: Sequence[int], events: Sequence[int], separator: str, timeout: float
+) -> BatchResult:
+    """One batch on a connection of its own, held only while the query runs.
+
+    A lookup only reads, so a batch whose connection broke (the database
+    restarted since the connection was made) is asked once more on a new one:
+    a restart while the service is idle or between batches goes unseen.
+    """
+    try:
+        async with lookup_connections(pool, 1, timeout) as (conn,):
+            return await lookup_batch(conn, runs, events, separator)
+    except BROKEN_CONNECTION_ERRORS:
+        await asyncio.sleep(_RETRY_PAUSE)
+    async with lookup_connections(pool, 1, timeout) as (conn,):
+        return await lookup_batch(conn, runs, events, separator)
+
+
 async def lookup_batches(
-    conns: list[Connection], batches: AsyncIterable[Batch], separator: str
+    pool: asyncpg.Pool,
+    batches: AsyncIterable[Batch],
+    separator: str,
+    *,
+    width: int,
+    timeout: float,
 ) -> AsyncIterator[BatchResult]:
-    """Results of each batch, in order, with up to ``len(conns)`` queries in flight.
+    """Results of each batch, in order, with up to ``width`` queries in flight.
 
     The next batch is read (parsed) while the database works on the previous
-    ones, so the service's CPU and the database's overlap. If reading the
-    batches fails, the batches already read are answered before the error is
-    raised.
+    ones, so the service's CPU and the database's overlap. Each query takes a
+    pooled connection for itself and gives it back when it is done: a stream
+    that waits for its client (a slow upload, a slow reader) holds none, so
+    slow clients cannot starve the pool. If reading the batches fails, the
+    batches already read are answered before the error is raised.
     """
-    free = deque(conns)
-    in_flight: deque[tuple[asyncio.Task[BatchResult], Connection]] = deque()
+    in_flight: deque[asyncio.Task[BatchResult]] = deque()
     failure: Exception | None = None
+    batch_iterator = aiter(batches)
     try:
-        try:
-            async for runs, events in batches:
-                if not free:
-                    task, conn = in_flight.popleft()
-                    yield await task
-                    free.append(conn)
-                conn = free.popleft()
-                task = asyncio.create_task(lookup_batch(conn, runs, events, separator))
-                in_flight.append((task, conn))
-        except Exception as exc:
-            failure = exc
+        while True:
+            try:
+                runs, events = await anext(batch_iterator)
+            except StopAsyncIteration:
+                break
+            except Exception as exc:
+                # Bad input: answer what came before it first. (A failed query is not
+                # caught here: answering later batches after it would leave a gap.)
+                failure = exc
+                break
+            if len(in_flight) >= width:
+                yield await in_flight.popleft()
+            in_flight.append(
+                asyncio.create_task(lookup_on_pool(pool, runs, events, separator, timeout))
+            )
         while in_flight:
-            task, _ = in_flight[0]
-            result = await task
+            result = await in_flight[0]
             in_flight.popleft()
             yield result
         if failure is not None:
             raise failure
     finally:
-        for task, _ in in_flight:
+        for task in in_flight:
             task.cancel()
-        await asyncio.gather(*(t for t, _ in in_flight), return_exceptions=True)
+        await asyncio.gather(*in_flight, return_exceptions=True)
 
 
 async def iterate_batches(runs: list[int], events: list[int], size: int) -> AsyncIterator[Batch]:
@@ -120,12 +158,15 @@ async def lookup_all(
     n_batches = -(-len(runs) // batch_size)
     parts: list[bytes] = []
     found = 0
-    async with lookup_connections(pool, max(1, min(connections, n_batches)), timeout) as conns:
-        async for result in lookup_batches(
-            conns, iterate_batches(runs, events, batch_size), separator
-        ):
-            parts.append(result.body)
-            found += result.found
+    async for result in lookup_batches(
+        pool,
+        iterate_batches(runs, events, batch_size),
+        separator,
+        width=max(1, min(connections, n_batches)),
+        timeout=timeout,
+    ):
+        parts.append(result.body)
+        found += result.found
     count_pairs(found, len(runs))
     return BatchResult(separator.encode().join(parts), len(runs), found)
 
@@ -133,6 +174,12 @@ async def lookup_all(
 async def get_event(
     pool: asyncpg.Pool, run: int, event: int, timeout: float
 ) -> asyncpg.Record | None:
+    try:
+        async with acquire(pool, timeout) as conn:
+            with timed_query("get_event"):
+                return await conn.fetchrow(queries.GET_EVENT, run, event)
+    except BROKEN_CONNECTION_ERRORS:
+        await asyncio.sleep(_RETRY_PAUSE)  # asked once more: see lookup_on_pool
     async with acquire(pool, timeout) as conn:
         with timed_query("get_event"):
             return await conn.fetchrow(queries.GET_EVENT, run, event)

@@ -13,8 +13,9 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException
+from starlette.routing import Match
 
-from eventindex.db import UNAVAILABLE_ERRORS
+from eventindex.db import UNAVAILABLE_ERRORS, PoolExhausted, scrub
 
 PROBLEM_JSON = "application/problem+json"
 _TYPE_BASE = "urn:eventindex:problem:"
@@ -61,6 +62,35 @@ class Problem(Exception):
             media_type=PROBLEM_JSON,
             headers=self.headers,
         )
+
+
+_PROBLEM_SCHEMA_REF = "#/components/schemas/ProblemDetail"
+_PROBLEM_DESCRIPTIONS = {
+    400: "The request body cannot be decoded (it is not UTF-8)",
+    401: "Authentication is on, and the credential is missing, unknown, expired or revoked",
+    403: "The credential lacks the scope the operation needs",
+    404: "Not found",
+    405: "Method not allowed",
+    408: "The request body did not arrive in time",
+    409: "Conflicts with what exists",
+    413: "The request body is too large",
+    415: "Unsupported Content-Type",
+    422: "Invalid request: each wrong field is named",
+    429: "Too many requests: see Retry-After",
+    503: "The database (or a shard) is unavailable, or the query timed out: see Retry-After",
+}
+
+
+def problem_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for errors: RFC 9457 problem details, documented under their
+    own media type (a ``model`` would document them as application/json)."""
+    return {
+        code: {
+            "description": _PROBLEM_DESCRIPTIONS.get(code, "Error"),
+            "content": {PROBLEM_JSON: {"schema": {"$ref": _PROBLEM_SCHEMA_REF}}},
+        }
+        for code in codes
+    }
 
 
 def database_unavailable() -> Problem:
@@ -111,9 +141,12 @@ def shard_problem(exc: BaseException) -> Problem | None:
         503,
         "shard-unavailable",
         "Shard unavailable",
-        f"The shard {where} cannot be used ({why or 'no reason given'}); the other "
-        "shards' answers are withheld rather than given without it. Try again when it is "
-        "back.",
+        # PL/Proxy's and libpq's messages are passed on: never a connection string's password.
+        scrub(
+            f"The shard {where} cannot be used ({why or 'no reason given'}); the other "
+            "shards' answers are withheld rather than given without it. Try again when it "
+            "is back."
+        ),
         headers={"Retry-After": "10"},
     )
 
@@ -124,6 +157,15 @@ def database_problem(exc: BaseException) -> Problem | None:
         return shard
     if isinstance(exc, asyncpg.UndefinedTableError | asyncpg.UndefinedFunctionError):
         return schema_missing(exc)
+    if isinstance(exc, PoolExhausted):
+        return Problem(
+            503,
+            "busy",
+            "Service busy",
+            f"All {exc.size} of the service's database connections stayed in use for "
+            f"{exc.timeout:g} s; try again shortly.",
+            headers={"Retry-After": "2"},
+        )
     if isinstance(exc, UNAVAILABLE_ERRORS):
         return database_unavailable()
     if isinstance(exc, asyncpg.DataError):
@@ -169,6 +211,24 @@ def validation_problem(errors: Sequence[Mapping[str, Any]], what: str = "request
     return Problem(422, "invalid-request", "Invalid request", detail, errors=items)
 
 
+_METHODS = ("DELETE", "GET", "HEAD", "PATCH", "POST", "PUT")
+
+
+def _allowed_methods(request: Request) -> str | None:
+    """The methods some route at the request's path takes. Starlette's 405 names only the
+    methods of the first route there (``/v1/tokens`` has one route for GET, another for
+    POST)."""
+    routes = request.app.router.routes
+    allowed = [
+        method
+        for method in _METHODS
+        if any(
+            route.matches({**request.scope, "method": method})[0] is Match.FULL for route in routes
+        )
+    ]
+    return ", ".join(allowed) or None
+
+
 def install_handlers(app: FastAPI) -> None:
     async def on_problem(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, Problem)
@@ -180,12 +240,15 @@ def install_handlers(app: FastAPI) -> None:
 
     async def on_http(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
+        headers = dict(exc.headers) if exc.headers else None
+        if exc.status_code == 405 and (allowed := _allowed_methods(request)):
+            headers = {**(headers or {}), "Allow": allowed}
         problem = Problem(
             exc.status_code,
             "http-" + str(exc.status_code),
             str(exc.detail) if exc.status_code != 404 else "Not found",
             str(exc.detail),
-            headers=dict(exc.headers) if exc.headers else None,
+            headers=headers,
         )
         return problem.response(request.url.path)
 
@@ -193,7 +256,7 @@ def install_handlers(app: FastAPI) -> None:
         problem = database_problem(exc)
         if problem is None:
             return await on_unexpected(request, exc)
-        log.warning("database problem on %s: %r", request.url.path, exc)
+        log.warning("database problem on %s: %s", request.url.path, scrub(repr(exc)))
         return problem.response(request.url.path)
 
     async def on_unexpected(request: Request, exc: Exception) -> Response:

@@ -1,6 +1,33 @@
-"""Every SQL statement the service and its tools send, in one place."""
+"""Every SQL statement the service and its tools send, in one place.
+
+Values always travel as bound parameters ($1, $2, ...). Where PostgreSQL cannot bind
+(utility statements: CREATE DATABASE, CREATE SCHEMA, PREPARE TRANSACTION, ...) the text
+is built with ident() and literal() only; tests/test_sql_safety.py checks both.
+"""
 
 from __future__ import annotations
+
+
+def ident(name: str) -> str:
+    """``name`` as a quoted SQL identifier (embedded double quotes doubled)."""
+    if not name or "\x00" in name:
+        raise ValueError("an SQL identifier is a non-empty string without NUL")
+    return '"' + name.replace('"', '""') + '"'
+
+
+def literal(text: str) -> str:
+    """``text`` as an SQL string literal, whatever standard_conforming_strings is.
+
+    Quotes are doubled; text holding a backslash becomes an E'' literal with the
+    backslashes doubled too (as PostgreSQL's quote_literal does).
+    """
+    if "\x00" in text:
+        raise ValueError("an SQL string literal cannot hold NUL")
+    quoted = "'" + text.replace("'", "''") + "'"
+    if "\\" in text:
+        return "E" + quoted.replace("\\", "\\\\")
+    return quoted
+
 
 # --- migrations -------------------------------------------------------------
 
@@ -214,6 +241,7 @@ SELECT set_config('search_path', quote_ident($1) || ', ' || current_setting('sea
 
 SEARCH_PATH = "SHOW search_path"
 RESTORE_SEARCH_PATH = "SELECT set_config('search_path', $1, true)"
+# Utility statements take no parameters: {schema} is filled with ident() only.
 CREATE_STAGE_SCHEMA = "CREATE SCHEMA {schema}"
 CLOSE_PRIVATE_STAGE = "DROP SCHEMA {schema} CASCADE"
 
@@ -600,3 +628,17 @@ ON CONFLICT (id) DO NOTHING
 """
 
 PREPARED_TRANSACTIONS = "SELECT gid FROM pg_prepared_xacts WHERE gid LIKE 'eventindex-%'"
+
+# Two-phase commit: {gid} is filled with literal() only (utility statements cannot bind).
+PREPARE_TRANSACTION = "PREPARE TRANSACTION {gid}"
+COMMIT_PREPARED = "COMMIT PREPARED {gid}"
+ROLLBACK_PREPARED = "ROLLBACK PREPARED {gid}"
+
+# --- databases (the embedded server, the benchmark, the tests) ------------------------
+
+DATABASE_EXISTS = "SELECT 1 FROM pg_database WHERE datname = $1"
+# For psql, which cannot bind: {name} is filled with literal() only.
+DATABASE_EXISTS_LITERAL = "SELECT 1 FROM pg_database WHERE datname = {name}"
+# {name} is filled with ident() only.
+CREATE_DATABASE = "CREATE DATABASE {name}"
+DROP_DATABASE = "DROP DATABASE IF EXISTS {name} WITH (FORCE)"

@@ -77,6 +77,26 @@ class RequestLog:
 
 _FIELDS = ("method", "route", "path", "status", "duration_ms", "pairs", "client", "request_id")
 
+# Nothing here logs credentials; should a message or traceback ever hold one anyway
+# (a URL with its password, a bearer token, an API token, a JWT), the line masks it.
+_CREDENTIALS = (
+    (re.compile(r"(\w://[^\s/@:'\"]*):[^\s@'\"]*@"), r"\1:***@"),
+    (
+        re.compile(r"(?i)((?:^|[?&\s])(?:ssl)?password\s*=\s*)('(?:[^'\\]|\\.)*'|[^&#\s'\"]*)"),
+        r"\1***",
+    ),
+    (re.compile(r"(?i)\b(bearer)\s+[A-Za-z0-9._~+/=-]{8,}"), r"\1 ***"),
+    (re.compile(r"\b(Basic)\s+[A-Za-z0-9+/]{8,}={0,2}"), r"\1 ***"),
+    (re.compile(r"\bei_[A-Za-z0-9_-]{8,}"), "ei_***"),
+    (re.compile(r"\beyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*"), "***"),
+)
+
+
+def mask_credentials(line: str) -> str:
+    for pattern, replacement in _CREDENTIALS:
+        line = pattern.sub(replacement, line)
+    return line
+
 
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: machine-readable logs for production."""
@@ -94,7 +114,7 @@ class JsonFormatter(logging.Formatter):
                 entry[name] = value
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
+        return mask_credentials(json.dumps(entry, default=str))
 
 
 class TextFormatter(logging.Formatter):
@@ -109,7 +129,7 @@ class TextFormatter(logging.Formatter):
             line += f" pairs={pairs}"
         if request_id is not None:
             line += f" id={request_id}"
-        return line
+        return mask_credentials(line)
 
 
 def configure_logging(level: str, json_format: bool) -> None:

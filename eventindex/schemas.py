@@ -6,7 +6,15 @@ from datetime import datetime
 from typing import Annotated, Any
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+)
 
 from eventindex.config import MAX_EVENT_NUMBER, MAX_RUN_NUMBER
 
@@ -14,11 +22,25 @@ RunNumber = Annotated[int, Field(ge=0, le=MAX_RUN_NUMBER, strict=True, examples=
 EventNumber = Annotated[int, Field(ge=0, le=MAX_EVENT_NUMBER, strict=True, examples=[56789])]
 
 
+def _integral(value: Any) -> Any:
+    """JSON Schema's integer includes ``1234.0``: take an integral float as its int. Still
+    no strings or booleans."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+# The documented request model: numbers as JSON Schema's integer. The fast path
+# (``PlainLookupRequest``) stays strict; a body it rejects is read again with this one.
+_RunNumber = Annotated[RunNumber, BeforeValidator(_integral)]
+_EventNumber = Annotated[EventNumber, BeforeValidator(_integral)]
+
+
 class EventRef(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    run_number: RunNumber
-    event_number: EventNumber
+    run_number: _RunNumber
+    event_number: _EventNumber
 
 
 def _pair_kind(value: Any) -> str:
@@ -26,7 +48,7 @@ def _pair_kind(value: Any) -> str:
 
 
 PairItem = Annotated[
-    Annotated[tuple[RunNumber, EventNumber], Tag("pair")] | Annotated[EventRef, Tag("object")],
+    Annotated[tuple[_RunNumber, _EventNumber], Tag("pair")] | Annotated[EventRef, Tag("object")],
     Discriminator(_pair_kind),
 ]
 

@@ -26,6 +26,13 @@ import asyncpg
 from asyncpg.transaction import Transaction
 
 from eventindex import migrate, queries
+from eventindex.db import (
+    DatabaseUrlError,
+    connect,
+    copy_unless_lost,
+    describe_connect_error,
+    redact,
+)
 
 log = logging.getLogger("eventindex")
 
@@ -87,13 +94,21 @@ class Shard:
         parts = urlsplit(url)
         # A unix socket is given as ?host=/directory.
         host = parts.hostname or parse_qs(parts.query).get("host", [""])[0]
+        try:
+            # A password holding an unencoded / or # is read as the port.
+            port = parts.port
+        except ValueError:
+            port, host = None, ""
         if parts.scheme not in ("postgresql", "postgres") or not host:
-            raise ShardingError(f"shard {name}: {url!r} is not a postgresql://host/db URL")
+            raise ShardingError(
+                f"shard {name}: {redact(url)!r} is not a postgresql://host/db URL (a user "
+                "name or password holding / ? # @ : [ ] must be percent-encoded)"
+            )
         query_port = parse_qs(parts.query).get("port", [""])[0]
         return cls(
             name=name,
             host=host,
-            port=parts.port or (int(query_port) if query_port.isdigit() else 5432),
+            port=port or (int(query_port) if query_port.isdigit() else 5432),
             dbname=unquote(parts.path.lstrip("/")) or "postgres",
             username=unquote(parts.username or "postgres"),
             password=unquote(parts.password) if parts.password else None,
@@ -132,9 +147,17 @@ async def is_coordinator(conn: asyncpg.Connection) -> bool:
 
 async def _connect(shard: Shard) -> asyncpg.Connection:
     try:
-        return await asyncpg.connect(shard.url, timeout=10)
-    except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
-        raise ShardingError(f"shard {shard.name} ({shard.address}) unreachable: {exc}") from None
+        return await connect(shard.url, timeout=10)
+    except (OSError, TimeoutError, asyncpg.PostgresError, DatabaseUrlError) as exc:
+        why = describe_connect_error(exc, shard.url)
+        raise ShardingError(f"shard {shard.name} ({shard.address}) unreachable: {why}") from None
+
+
+async def _connect_coordinator(url: str) -> asyncpg.Connection:
+    try:
+        return await connect(url, timeout=10)
+    except DatabaseUrlError as exc:
+        raise ShardingError(str(exc)) from None
 
 
 async def sync_datasets(coordinator: asyncpg.Connection, shard: asyncpg.Connection) -> None:
@@ -170,7 +193,7 @@ class TwoPhase:
                     await tr.rollback()
         for _label, conn, gid in prepared:
             try:
-                await conn.execute(f"ROLLBACK PREPARED '{gid}'")
+                await conn.execute(queries.ROLLBACK_PREPARED.format(gid=queries.literal(gid)))
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
                 log.warning("could not roll back prepared transaction %s", gid)
         self._members.clear()
@@ -185,7 +208,7 @@ class TwoPhase:
                     continue
                 gid = f"{self.gid}-{i}"
                 try:
-                    await conn.execute(f"PREPARE TRANSACTION '{gid}'")
+                    await conn.execute(queries.PREPARE_TRANSACTION.format(gid=queries.literal(gid)))
                 except asyncpg.PostgresError as exc:
                     first = str(exc).splitlines()[0]
                     raise ShardingError(
@@ -218,7 +241,7 @@ class TwoPhase:
                     continue
                 label, conn, gid = prepared.pop(i)
                 try:
-                    await conn.execute(f"COMMIT PREPARED '{gid}'")
+                    await conn.execute(queries.COMMIT_PREPARED.format(gid=queries.literal(gid)))
                 except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                     unfinished.append(f"on {label}: COMMIT PREPARED '{gid}' ({exc})")
         finally:
@@ -262,7 +285,7 @@ async def init(
         raise ShardingError("name at least one shard")
     members = [Shard.from_url(name, url) for name, url in shards.items()]
     shard_map = ShardMap({s.name: s for s in members}, _even_slots(sorted(shards), slots))
-    coordinator = await asyncpg.connect(coordinator_url, timeout=10)
+    coordinator = await _connect_coordinator(coordinator_url)
     try:
         await migrate.apply(coordinator)
         if await is_coordinator(coordinator):
@@ -300,8 +323,11 @@ async def _move_runs(
     with tempfile.TemporaryFile(prefix="eventindex-move-") as buffer:
         await source.copy_from_query(queries.EVENTS_OF_RUNS, runs, output=buffer, format="binary")
         buffer.seek(0)
-        status = await target.copy_to_table(
-            "events", source=buffer, columns=list(queries.EVENT_COLUMNS), format="binary"
+        status = await copy_unless_lost(
+            target,
+            target.copy_to_table(
+                "events", source=buffer, columns=list(queries.EVENT_COLUMNS), format="binary"
+            ),
         )
     return int(status.split()[-1])
 
@@ -311,7 +337,7 @@ async def add(coordinator_url: str, name: str, url: str) -> dict[int, int]:
     events moved per slot. Lookups go on throughout: each slot's events are copied,
     the map switched and the old copies deleted in one two-phase commit."""
     new = Shard.from_url(name, url)
-    coordinator = await asyncpg.connect(coordinator_url, timeout=10)
+    coordinator = await _connect_coordinator(coordinator_url)
     try:
         if not await is_coordinator(coordinator):
             raise ShardingError("this database is not a coordinator (run 'shards init')")

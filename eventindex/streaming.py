@@ -22,7 +22,7 @@ from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 from eventindex.config import Settings
-from eventindex.lookup import Batch, iterate_batches, lookup_batches, lookup_connections
+from eventindex.lookup import Batch, iterate_batches, lookup_batches
 from eventindex.metrics import count_pairs
 from eventindex.metrics import current as current_metrics
 from eventindex.pairs import PairParser, PairSyntaxError
@@ -199,10 +199,27 @@ class LookupStream(Response):
             await asyncio.gather(reader, waiter, return_exceptions=True)
             spool.discard()
 
-    @staticmethod
-    async def _read_body(receive: Receive, spool: Spool, gone: asyncio.Event, body: bool) -> None:
+    async def _read_body(
+        self, receive: Receive, spool: Spool, gone: asyncio.Event, body: bool
+    ) -> None:
+        idle = self.settings.stream_idle_timeout
         while True:
-            message: Message = await receive()
+            if body:
+                try:
+                    message: Message = await asyncio.wait_for(receive(), idle)
+                except TimeoutError:
+                    # A client that stops sending would hold its request for ever.
+                    spool.fail(
+                        Problem(
+                            408,
+                            "stream-idle",
+                            "Request body stalled",
+                            f"No more of the request body arrived for {idle:g} seconds.",
+                        )
+                    )
+                    return
+            else:
+                message = await receive()
             if message["type"] == "http.disconnect":
                 spool.fail(ClientGone())
                 gone.set()
@@ -244,15 +261,18 @@ class LookupStream(Response):
 
         try:
             batches = self._batches(spool)
-            async with lookup_connections(
-                self.pool, self.settings.stream_connections, self.settings.pool_acquire_timeout
-            ) as conns:
-                async for result in lookup_batches(conns, batches, "\n"):
-                    requested += result.requested
-                    found += result.found
-                    state["pairs"] = requested
-                    count_pairs(result.found, result.requested)
-                    await write(result.body + b"\n" + self._invalid_lines())
+            async for result in lookup_batches(
+                self.pool,
+                batches,
+                "\n",
+                width=self.settings.stream_connections,
+                timeout=self.settings.pool_acquire_timeout,
+            ):
+                requested += result.requested
+                found += result.found
+                state["pairs"] = requested
+                count_pairs(result.found, result.requested)
+                await write(result.body + b"\n" + self._invalid_lines())
             if self.report_invalid:
                 summary = {
                     "requested": requested,

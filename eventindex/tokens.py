@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -37,7 +38,7 @@ def parse_expiry(text: str | None, now: datetime | None = None) -> datetime | No
 
 
 async def create(
-    conn: Connection, name: str, scopes: list[str], expires_at: datetime | None
+    conn: Connection, name: str, scopes: Sequence[str], expires_at: datetime | None
 ) -> tuple[str, dict[str, Any]]:
     """A new token (returned once, never stored) and its record."""
     unknown = set(scopes) - set(SCOPES)

@@ -101,8 +101,8 @@ def server_url() -> Iterator[str]:
 async def create_database(server_url: str, name: str) -> str:
     conn = await asyncpg.connect(server_url)
     try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await conn.execute(f'CREATE DATABASE "{name}"')
+        await conn.execute(queries.DROP_DATABASE.format(name=queries.ident(name)))
+        await conn.execute(queries.CREATE_DATABASE.format(name=queries.ident(name)))
     finally:
         await conn.close()
     return with_database(server_url, name)
@@ -111,7 +111,7 @@ async def create_database(server_url: str, name: str) -> str:
 async def drop_database(server_url: str, name: str) -> None:
     conn = await asyncpg.connect(server_url)
     try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await conn.execute(queries.DROP_DATABASE.format(name=queries.ident(name)))
     finally:
         await conn.close()
 

@@ -142,25 +142,3 @@ async def test_shutdown_ends_a_stream_with_an_error_line(
     last = orjson.loads(tail[: tail.index(b"\n")])
     assert last["error"]["type"] == "urn:eventindex:problem:shutting-down"
     assert last["error"]["answered"] >= 60_000
-
-
-async def test_busy_pool_gives_503_with_retry_after(
-    database_url: str, feeder: list[asyncio.Task[None]]
-) -> None:
-    with run_server(
-        database_url,
-        EVENTINDEX_POOL_MAX_SIZE="2",
-        EVENTINDEX_STREAM_CONNECTIONS="2",
-        EVENTINDEX_POOL_ACQUIRE_TIMEOUT="1",
-        EVENTINDEX_SHUTDOWN_GRACE_SECONDS="2",
-    ) as server:
-        reader, writer = await endless_upload(server.url)
-        feeder.append(asyncio.create_task(feed(writer, 25_000, 0.05)))
-        await asyncio.wait_for(reader.read(65536), 30)  # the stream holds both connections
-        async with httpx.AsyncClient(base_url=server.url, timeout=15) as client:
-            busy = await client.get("/v1/events/100/1")
-        feeder[0].cancel()
-        writer.transport.abort()
-    assert busy.status_code == 503
-    assert busy.headers["retry-after"] == "5"
-    assert busy.headers["content-type"].startswith("application/problem+json")

@@ -51,9 +51,16 @@ from typing import IO, Any
 import asyncpg
 
 from eventindex import queries, sharding
-from eventindex.db import UNAVAILABLE_ERRORS
+from eventindex.db import (
+    CONNECT_ERRORS,
+    UNAVAILABLE_ERRORS,
+    connect,
+    copy_unless_lost,
+    describe_connect_error,
+)
 
 READ_SIZE = 1 << 20
+_URL_VARIABLE = "EVENTINDEX_DATABASE_URL"
 GZIP_MAGIC = b"\x1f\x8b"
 _COPY_CONTEXT = re.compile(r"COPY \w+, line (\d+)(?:, column (\w+)(?:: \"(.*)\")?)?", re.S)
 
@@ -329,8 +336,11 @@ class Loader:
                 yield chunk
 
         try:
-            await self.conn.copy_to_table(
-                table, source=data(), columns=columns, format="csv", header=True
+            await copy_unless_lost(
+                self.conn,
+                self.conn.copy_to_table(
+                    table, source=data(), columns=columns, format="csv", header=True
+                ),
             )
         finally:
             progress.done()
@@ -490,11 +500,15 @@ class Loader:
     async def _open_private_stage(self) -> None:
         self._stage_schema = f"eventindex_load_{uuid.uuid4().hex}"
         self._search_path = await self.conn.fetchval(queries.SEARCH_PATH)
-        await self.conn.execute(queries.CREATE_STAGE_SCHEMA.format(schema=self._stage_schema))
+        await self.conn.execute(
+            queries.CREATE_STAGE_SCHEMA.format(schema=queries.ident(self._stage_schema))
+        )
         await self.conn.execute(queries.OPEN_PRIVATE_STAGE, self._stage_schema)
 
     async def _close_private_stage(self) -> None:
-        await self.conn.execute(queries.CLOSE_PRIVATE_STAGE.format(schema=self._stage_schema))
+        await self.conn.execute(
+            queries.CLOSE_PRIVATE_STAGE.format(schema=queries.ident(self._stage_schema))
+        )
         await self.conn.execute(queries.RESTORE_SEARCH_PATH, self._search_path)
 
     async def _write_report(self, source: Source) -> None:
@@ -580,15 +594,14 @@ async def run(args: argparse.Namespace) -> int:
     for source in dataset_sources:
         if source.path is not None and not source.path.is_file():
             raise LoadError(f"{source.name}: no such file")
-    url = args.database_url or os.environ.get("EVENTINDEX_DATABASE_URL")
+    url = args.database_url or os.environ.get(_URL_VARIABLE)
     if not url:
         raise LoadError("no database: set EVENTINDEX_DATABASE_URL or pass --database-url")
     try:
-        conn = await asyncpg.connect(url, timeout=10)
-    except UNAVAILABLE_ERRORS as exc:
-        raise LoadError(f"cannot connect to the database: {exc}") from None
-    except asyncpg.PostgresError as exc:
-        raise LoadError(f"cannot connect to the database: {exc}") from None
+        conn = await connect(url, timeout=10)
+    except CONNECT_ERRORS as exc:
+        why = describe_connect_error(exc, url)
+        raise LoadError(f"cannot connect to the database: {why}") from None
     report = Path(args.conflicts_report) if args.conflicts_report else None
     loader = Loader(
         conn,
@@ -837,7 +850,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"store_events: error: the load is decided but {exc}", file=sys.stderr)
         return 1
     except (*UNAVAILABLE_ERRORS,) as exc:
-        print(f"store_events: error: lost the database: {exc}; nothing was loaded", file=sys.stderr)
+        why = describe_connect_error(exc, args.database_url or os.environ.get(_URL_VARIABLE, ""))
+        print(f"store_events: error: lost the database: {why}; nothing was loaded", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("store_events: interrupted; nothing was loaded", file=sys.stderr)

@@ -14,7 +14,7 @@ from eventindex import catalogue, queries
 from eventindex.auth import require
 from eventindex.config import MAX_EVENT_NUMBER, MAX_RUN_NUMBER
 from eventindex.db import ReadPoolDep, SettingsDep, acquire
-from eventindex.problems import Problem
+from eventindex.problems import Problem, problem_responses
 from eventindex.schemas import (
     ConsistencyReport,
     DatasetPage,
@@ -23,7 +23,6 @@ from eventindex.schemas import (
     FilePage,
     OltBit,
     Overlap,
-    ProblemDetail,
     RunDetail,
     RunPage,
     SelectionCount,
@@ -33,13 +32,38 @@ router = APIRouter(prefix="/v1", tags=["catalogue"], dependencies=[Depends(requi
 
 NDJSON = "application/x-ndjson"
 _NIL_UUID = UUID(int=0)
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ProblemDetail} for code in (401, 403, 404, 422, 503)
-}
+_ERRORS = problem_responses(401, 403, 404, 422, 503)
 _NDJSON_DOC: dict[int | str, dict[str, Any]] = {
     200: {"content": {NDJSON: {"schema": {"type": "string"}}}, "description": "NDJSON lines"},
     **_ERRORS,
 }
+
+
+def _op(path: str, method: str = "get") -> str:
+    """An OpenAPI link's ``operationRef`` to the operation at ``path``."""
+    return "#/paths/" + path.replace("~", "~0").replace("/", "~1") + "/" + method
+
+
+def _links(**links: tuple[str, dict[str, str]]) -> dict[str, Any]:
+    """OpenAPI links of a 200 answer: name -> (target path, parameters from the answer)."""
+    return {
+        "links": {
+            name: {"operationRef": _op(path), "parameters": parameters}
+            for name, (path, parameters) in links.items()
+        }
+    }
+
+
+def _with_links(
+    responses: dict[int | str, dict[str, Any]], **links: tuple[str, dict[str, str]]
+) -> dict[int | str, Any]:
+    return {200: _links(**links), **responses}
+
+
+_DATASET = "/v1/datasets/{dataset}"
+_FILE = "/v1/files/{fuid}"
+_RUN = "/v1/runs/{run}"
+_EVENT = "/v1/events/{run_number}/{event_number}"
 
 Run = Annotated[int, Path(ge=0, le=MAX_RUN_NUMBER)]
 DatasetId = Annotated[int, Path(ge=0, le=MAX_RUN_NUMBER)]
@@ -49,7 +73,16 @@ DatasetFilter = Annotated[int | None, Query(ge=0, le=MAX_RUN_NUMBER)]
 Bits = Annotated[str | None, Query(max_length=1000, description="decision names, comma-separated")]
 
 
-@router.get("/datasets", response_model=DatasetPage, responses=_ERRORS)
+@router.get(
+    "/datasets",
+    response_model=DatasetPage,
+    responses=_with_links(
+        _ERRORS,
+        GetDataset=(_DATASET, {"dataset": "$response.body#/items/0/id"}),
+        ListDatasetFiles=(_DATASET + "/files", {"dataset": "$response.body#/items/0/id"}),
+        CheckDataset=(_DATASET + "/consistency", {"dataset": "$response.body#/items/0/id"}),
+    ),
+)
 async def list_datasets(
     pool: ReadPoolDep,
     settings: SettingsDep,
@@ -71,7 +104,15 @@ async def get_dataset(dataset: DatasetId, pool: ReadPoolDep, settings: SettingsD
     return items[0]
 
 
-@router.get("/datasets/{dataset}/files", response_model=FilePage, responses=_ERRORS)
+@router.get(
+    "/datasets/{dataset}/files",
+    response_model=FilePage,
+    responses=_with_links(
+        _ERRORS,
+        GetFile=(_FILE, {"fuid": "$response.body#/items/0/fuid_raw"}),
+        ListFileEvents=(_FILE + "/events", {"fuid": "$response.body#/items/0/fuid_raw"}),
+    ),
+)
 async def list_dataset_files(
     dataset: DatasetId,
     pool: ReadPoolDep,
@@ -104,7 +145,23 @@ async def dataset_consistency(
         return await catalogue.consistency(conn, dataset, gaps, limit)
 
 
-@router.get("/files/{fuid}", response_model=FileInfo, responses=_ERRORS)
+@router.get(
+    "/files/{fuid}",
+    response_model=FileInfo,
+    responses=_with_links(
+        _ERRORS,
+        ListFileEvents=(_FILE + "/events", {"fuid": "$response.body#/fuid_raw"}),
+        GetRun=(_RUN, {"run": "$response.body#/run_number"}),
+        GetDataset=(_DATASET, {"dataset": "$response.body#/dsid_raw"}),
+        GetFirstEvent=(
+            _EVENT,
+            {
+                "run_number": "$response.body#/run_number",
+                "event_number": "$response.body#/first_event",
+            },
+        ),
+    ),
+)
 async def get_file(fuid: UUID, pool: ReadPoolDep, settings: SettingsDep) -> Any:
     async with acquire(pool, settings.pool_acquire_timeout) as conn:
         row = await conn.fetchrow(queries.FILE_INFO, fuid)
@@ -133,7 +190,11 @@ async def file_events(fuid: UUID, pool: ReadPoolDep, settings: SettingsDep) -> S
     return StreamingResponse(rows, media_type=NDJSON)
 
 
-@router.get("/runs", response_model=RunPage, responses=_ERRORS)
+@router.get(
+    "/runs",
+    response_model=RunPage,
+    responses=_with_links(_ERRORS, GetRun=(_RUN, {"run": "$response.body#/items/0/run_number"})),
+)
 async def list_runs(
     pool: ReadPoolDep,
     settings: SettingsDep,
@@ -147,7 +208,13 @@ async def list_runs(
     return {"items": items, "next_after": items[-1]["run_number"] if len(items) == limit else None}
 
 
-@router.get("/runs/{run}", response_model=RunDetail, responses=_ERRORS)
+@router.get(
+    "/runs/{run}",
+    response_model=RunDetail,
+    responses=_with_links(
+        _ERRORS, GetDataset=(_DATASET, {"dataset": "$response.body#/datasets/0"})
+    ),
+)
 async def get_run(run: Run, pool: ReadPoolDep, settings: SettingsDep) -> Any:
     """A run's counts, and how many of its events each Online Filter decision selected."""
     async with acquire(pool, settings.pool_acquire_timeout) as conn:
@@ -244,6 +311,7 @@ async def decision_overlap(
     "/online-filter/bits",
     response_model=list[OltBit],
     summary="The Online Filter decisions: the bits of olt_result",
+    responses=problem_responses(401, 403, 503),
 )
 async def list_olt_bits(pool: ReadPoolDep, settings: SettingsDep) -> Any:
     async with acquire(pool, settings.pool_acquire_timeout) as conn:

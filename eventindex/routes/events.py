@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated, Any, Literal
 
 import orjson
@@ -11,16 +12,16 @@ from pydantic import ValidationError
 
 from eventindex import lookup
 from eventindex.auth import require
+from eventindex.bodylimits import too_slow
 from eventindex.config import MAX_EVENT_NUMBER, MAX_RUN_NUMBER, Settings
 from eventindex.db import ReadPoolDep, SettingsDep
 from eventindex.pairs import PairParser, PairSyntaxError
-from eventindex.problems import Problem, validation_problem
-from eventindex.schemas import Event, LookupResponse, ProblemDetail, parse_lookup_request
+from eventindex.problems import Problem, problem_responses, validation_problem
+from eventindex.schemas import Event, LookupResponse, parse_lookup_request
 from eventindex.streaming import NDJSON, LookupStream, syntax_problem
 
 router = APIRouter(prefix="/v1", tags=["event picking"], dependencies=[Depends(require("read"))])
 
-_PROBLEM: dict[str, Any] = {"model": ProblemDetail, "content": {"application/problem+json": {}}}
 _LINE_TYPES = {
     "application/x-ndjson",
     "application/ndjson",
@@ -35,7 +36,7 @@ _LINE_TYPES = {
     "/events/{run_number}/{event_number}",
     response_model=Event,
     summary="One event: its file, dataset and Online Filter decisions",
-    responses={401: _PROBLEM, 403: _PROBLEM, 404: _PROBLEM, 422: _PROBLEM, 503: _PROBLEM},
+    responses=problem_responses(401, 403, 404, 422, 503),
 )
 async def get_event(
     run_number: Annotated[int, Path(ge=0, le=MAX_RUN_NUMBER, examples=[1234])],
@@ -93,7 +94,7 @@ _LOOKUP_BODY_DOC: dict[str, Any] = {
         "the request may be of any size; a stream that fails part-way ends with a line "
         '`{"error": {...}}`. JSON answers are limited to `max_json_pairs` pairs.'
     ),
-    responses={413: _PROBLEM, 415: _PROBLEM, 422: _PROBLEM, 503: _PROBLEM},
+    responses=problem_responses(401, 403, 408, 413, 415, 422, 503),
     openapi_extra=_LOOKUP_BODY_DOC,
 )
 async def lookup_pairs(
@@ -115,7 +116,7 @@ async def lookup_pairs(
     wants_stream = any(t in accept for t in ("ndjson", "jsonl", "json-lines"))
 
     if media == "application/json" or media.endswith("+json"):
-        body = await _read_limited(request, settings.max_body_bytes)
+        body = await _read_limited(request, settings.max_body_bytes, settings.body_timeout)
         try:
             runs, events = parse_lookup_request(body)
         except ValidationError as exc:
@@ -129,7 +130,7 @@ async def lookup_pairs(
         report = invalid == "report"
         if wants_stream or "application/json" not in accept:
             return LookupStream(pool, settings, report_invalid=report)
-        body = await _read_limited(request, settings.max_body_bytes)
+        body = await _read_limited(request, settings.max_body_bytes, settings.body_timeout)
         parser = PairParser(collect_errors=True)
         runs, events = parser.feed(body)
         if parser.errors and (not report or not runs):
@@ -161,17 +162,21 @@ def _check_count(n: int, settings: Settings) -> None:
         )
 
 
-async def _read_limited(request: Request, limit: int) -> bytes:
+async def _read_limited(request: Request, limit: int, timeout: float) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise _body_too_large(limit)
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise _body_too_large(limit)
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(timeout):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise _body_too_large(limit)
+                chunks.append(chunk)
+    except TimeoutError:
+        raise too_slow(timeout) from None
     return b"".join(chunks)
 
 

@@ -11,12 +11,23 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from eventindex import queries
 from eventindex.db import UNAVAILABLE_ERRORS, PoolDep, SettingsDep, acquire
 from eventindex.metrics import Metrics
-from eventindex.problems import Problem
+from eventindex.problems import Problem, problem_responses
 
 router = APIRouter(tags=["operations"])
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    response_class=Response,
+    responses={
+        200: {
+            "description": "The Prometheus text exposition format",
+            "content": {"text/plain": {"schema": {"type": "string"}}},
+        },
+        **problem_responses(401),
+    },
+)
 async def metrics(request: Request, pool: PoolDep, settings: SettingsDep) -> Response:
     if settings.metrics_token is not None:
         expected = "Bearer " + settings.metrics_token.get_secret_value()

@@ -61,10 +61,17 @@ async def page(browser: Browser, server: Server) -> AsyncIterator[Page]:
         viewport={"width": 1280, "height": 900}, accept_downloads=True
     )
     p = await context.new_page()
+    violations: list[str] = []
+    # Whatever a test does, the page must work within its Content-Security-Policy.
+    p.on(
+        "console",
+        lambda m: violations.append(m.text) if "Content Security Policy" in m.text else None,
+    )
     await p.goto(server.url + "/")
     await expect(p.locator("#catalogue-status")).to_contain_text("3 datasets")
     yield p
     await context.close()
+    assert not violations, violations
 
 
 async def shot(page: Page, name: str) -> None:
@@ -268,3 +275,30 @@ async def test_overlap_heat_map(page: Page) -> None:
     assert first[1] == "500"
     assert first[2] == "250"
     await shot(page, "9-overlap-heat-map")
+
+
+async def test_security_headers_and_no_inline_script(browser: Browser, server: Server) -> None:
+    context = await browser.new_context()
+    page = await context.new_page()
+    response = await page.goto(server.url + "/")
+    assert response is not None
+    headers = response.headers
+    assert headers["x-content-type-options"] == "nosniff"
+    assert headers["x-frame-options"] == "DENY"
+    policy = headers["content-security-policy"]
+    assert "script-src 'self'" in policy
+    assert "unsafe-inline" not in policy
+    assert "frame-ancestors 'none'" in policy
+    # The policy is enforced: an injected inline script does not run.
+    ran = await page.evaluate(
+        """() => new Promise(resolve => {
+            window.injected = false;
+            document.addEventListener("securitypolicyviolation", () => resolve(window.injected));
+            const s = document.createElement("script");
+            s.textContent = "window.injected = true";
+            document.body.appendChild(s);
+            setTimeout(() => resolve(window.injected), 2000);
+        })"""
+    )
+    await context.close()
+    assert ran is False

@@ -1,0 +1,206 @@
+"""Limits on what a client may do before its request reaches the application.
+
+uvicorn's HTTP protocol has none of these: a client may keep a connection open
+without sending anything, send its headers one byte a second, or send millions
+of headers, and uvicorn keeps the connection and buffers them all. These are
+the classic ways to tie up a server's sockets and memory (slow-loris, header
+floods), so the service runs uvicorn with this subclass of its httptools
+protocol, which
+
+- closes a connection whose request line and headers have not all arrived
+  within ``header_timeout`` seconds (408 if part of a request came);
+- answers 431 and closes once a request's head passes ``max_header_bytes``
+  or ``max_headers`` headers, before buffering more of it;
+- answers 503 and closes a new connection when ``max_connections`` are open.
+
+Answers are ``application/problem+json`` like every other error of the service.
+Bodies are limited by the application, which knows which requests may be long.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+_REASONS = {
+    408: b"Request Timeout",
+    431: b"Request Header Fields Too Large",
+    503: b"Service Unavailable",
+}
+
+
+_LINGER_SECONDS = 2.0
+
+
+@dataclass(frozen=True)
+class HeadLimits:
+    header_timeout: float = 10.0
+    max_header_bytes: int = 64 * 1024
+    max_headers: int = 100
+    max_connections: int = 2048
+
+
+def problem_bytes(status: int, kind: str, title: str, detail: str) -> bytes:
+    """A whole HTTP/1.1 response with a problem+json body, closing the connection."""
+    body = orjson.dumps(
+        {
+            "type": f"urn:eventindex:problem:{kind}",
+            "title": title,
+            "status": status,
+            "detail": detail,
+        }
+    )
+    head = [
+        b"HTTP/1.1 %d %s" % (status, _REASONS[status]),
+        b"content-type: application/problem+json",
+        b"content-length: %d" % len(body),
+        b"connection: close",
+    ]
+    if status == 503:
+        head.append(b"retry-after: 1")
+    return b"\r\n".join(head) + b"\r\n\r\n" + body
+
+
+class GuardedProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with the limits of :class:`HeadLimits`."""
+
+    def __init__(self, *args: Any, limits: HeadLimits, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._limits = limits
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._in_head = True
+        self._head_bytes = 0
+        self._head_count = 0
+        self._refused = False
+        self._seen_bytes = False
+
+    # The connection as a whole
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        if len(self.connections) > self._limits.max_connections:
+            self._refuse(
+                503,
+                "too-many-connections",
+                "Too many connections",
+                f"The service has {self._limits.max_connections} connections open; "
+                "try again shortly.",
+            )
+            return
+        self._arm_head_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_head_timer()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return
+        self._seen_bytes = True
+        if self._in_head:
+            self._head_bytes += len(data)
+        super().data_received(data)
+        # Counted after parsing so that body bytes arriving with the head's end don't
+        # count; what is buffered is at most the limit plus one read.
+        if self._in_head and self._head_bytes > self._limits.max_header_bytes:
+            self._too_large(f"more than {self._limits.max_header_bytes} bytes")
+
+    def send_400_response(self, msg: str) -> None:
+        # A refusal raises out of a parser callback; the parser's error must not
+        # add a second response behind it.
+        if not self._refused:
+            super().send_400_response(msg)
+
+    # Parser callbacks
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._in_head = True
+        self._head_bytes = 0
+        self._head_count = 0
+        if self._head_timer is None:
+            self._arm_head_timer()
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self._refused:
+            return
+        self._head_count += 1
+        if self._head_count > self._limits.max_headers:
+            self._too_large(f"more than {self._limits.max_headers} header fields")
+            # Stops the parser; send_400_response above keeps quiet about it.
+            raise _Refused
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        if self._refused:
+            return
+        self._in_head = False
+        self._cancel_head_timer()
+        super().on_headers_complete()
+
+    # Helpers
+
+    def _too_large(self, what: str) -> None:
+        self._refuse(
+            431,
+            "header-too-large",
+            "Request head too large",
+            f"The request line and headers hold {what}; the limit is "
+            f"{self._limits.max_header_bytes} bytes and {self._limits.max_headers} fields.",
+        )
+
+    def _arm_head_timer(self) -> None:
+        self._cancel_head_timer()
+        self._head_timer = self.loop.call_later(self._limits.header_timeout, self._head_timeout)
+
+    def _cancel_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timeout(self) -> None:
+        self._head_timer = None
+        if self._refused or self.transport.is_closing():
+            return
+        if not self._seen_bytes and self.cycle is None:
+            # Connected and said nothing: nobody to answer.
+            self._refused = True
+            self.transport.close()
+            return
+        self._refuse(
+            408,
+            "header-timeout",
+            "Request head too slow",
+            f"The request line and headers did not arrive within "
+            f"{self._limits.header_timeout:g} seconds.",
+        )
+
+    def _refuse(self, status: int, kind: str, title: str, detail: str) -> None:
+        self._refused = True
+        self._cancel_head_timer()
+        self.logger.warning("refused a connection from %s: %s", self.client, detail)
+        if self.transport.is_closing():
+            return
+        self.transport.write(problem_bytes(status, kind, title, detail))
+        if status != 503 and self.transport.can_write_eof():
+            # Closing with the client's bytes unread would reset the connection and
+            # could destroy the answer before the client reads it: half-close, read
+            # and drop what it still sends for a moment, then close.
+            self.transport.write_eof()
+            self.loop.call_later(_LINGER_SECONDS, self.transport.close)
+        else:
+            self.transport.close()
+
+
+class _Refused(Exception):
+    """Raised from a parser callback to stop parsing a refused request."""
+
+
+def protocol_factory(limits: HeadLimits) -> functools.partial[GuardedProtocol]:
+    """What to pass as uvicorn's ``http``: picklable, so worker processes get it too."""
+    return functools.partial(GuardedProtocol, limits=limits)

@@ -1,0 +1,49 @@
+"""Security headers on every response.
+
+The web page runs only the service's own script and style files (no inline
+script, no CDN), so its policy can forbid everything else. The interactive API
+docs (Swagger UI, ReDoc) are FastAPI's pages: they load their code from a CDN
+with an inline bootstrap script, so they get only the framing and sniffing
+protections; production deployments can turn them off (``EVENTINDEX_DOCS_ENABLED``).
+"""
+
+from __future__ import annotations
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+CONTENT_SECURITY_POLICY = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; font-src 'self'; manifest-src 'self'; base-uri 'none'; "
+    "form-action 'self'; frame-ancestors 'none'"
+)
+_DOCS_POLICY = "frame-ancestors 'none'"
+
+_COMMON = [
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"cross-origin-opener-policy", b"same-origin"),
+]
+_STRICT = [*_COMMON, (b"content-security-policy", CONTENT_SECURITY_POLICY.encode())]
+_DOCS = [*_COMMON, (b"content-security-policy", _DOCS_POLICY.encode())]
+_NAMES = {name for name, _ in _STRICT}
+
+
+class SecurityHeaders:
+    def __init__(self, app: ASGIApp, docs_paths: frozenset[str]) -> None:
+        self.app = app
+        self.docs_paths = docs_paths
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        extra = _DOCS if scope.get("path") in self.docs_paths else _STRICT
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [h for h in message.get("headers", []) if h[0].lower() not in _NAMES]
+                message = {**message, "headers": headers + extra}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)

@@ -1,0 +1,440 @@
+"""Hostile clients against a real uvicorn: huge and endless bodies, slow-loris,
+header floods, deep JSON, invalid UTF-8, connection churn.
+
+Each test checks the clear answer the client gets (a problem+json with the
+limit that was hit) and that the server is none the worse: it answers the next
+client, holds no extra database connections, and its memory stays bounded.
+The limits are set small here (environment below) so that they are reached fast.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+import httpx
+import orjson
+import pytest
+
+from tests.conftest import RUNS, Server, endless_upload, feed, fuid_of, run_server
+
+LIMITS = {
+    "EVENTINDEX_HEADER_TIMEOUT": "2",
+    "EVENTINDEX_BODY_TIMEOUT": "3",
+    "EVENTINDEX_STREAM_IDLE_TIMEOUT": "3",
+    "EVENTINDEX_MAX_BODY_BYTES": str(1024 * 1024),
+    "EVENTINDEX_MAX_STREAM_BYTES": str(4 * 1024 * 1024),
+    "EVENTINDEX_MAX_HEADER_BYTES": str(16 * 1024),
+    "EVENTINDEX_MAX_HEADERS": "50",
+    "EVENTINDEX_MAX_CONNECTIONS": "200",
+    "EVENTINDEX_POOL_MAX_SIZE": "4",
+    "EVENTINDEX_POOL_ACQUIRE_TIMEOUT": "5",
+    "EVENTINDEX_LOOKUP_BATCH_SIZE": "500",
+}
+GIB = 1024**3
+RUN = RUNS[0]
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def problem(self) -> dict[str, object]:
+        assert self.headers.get("content-type") == "application/problem+json", self
+        problem = orjson.loads(self.body)
+        assert isinstance(problem, dict)
+        assert problem["status"] == self.status
+        return problem
+
+
+@pytest.fixture(scope="module")
+def server(database_url: str) -> Iterator[Server]:
+    with run_server(database_url, **LIMITS) as running:
+        yield running
+
+
+@pytest.fixture
+async def http(server: Server) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+        yield client
+
+
+def address(server: Server) -> tuple[str, int]:
+    host, port = server.url.removeprefix("http://").split(":")
+    return host, int(port)
+
+
+async def read_reply(reader: asyncio.StreamReader, timeout: float = 20) -> Reply:
+    async with asyncio.timeout(timeout):
+        head = await reader.readuntil(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split()[1])
+        headers = {}
+        for line in lines[1:]:
+            if line:
+                name, value = line.split(":", 1)
+                headers[name.strip().lower()] = value.strip()
+        if "content-length" in headers:
+            body = await reader.readexactly(int(headers["content-length"]))
+        elif headers.get("transfer-encoding") == "chunked":
+            parts = []
+            while size := int((await reader.readuntil(b"\r\n")).strip(), 16):
+                parts.append(await reader.readexactly(size))
+                await reader.readexactly(2)
+            body = b"".join(parts)
+        else:
+            body = await reader.read()
+        return Reply(status, headers, body)
+
+
+async def send_and_read(server: Server, data: bytes) -> Reply:
+    reader, writer = await asyncio.open_connection(*address(server))
+    try:
+        writer.write(data)
+        await writer.drain()
+        return await read_reply(reader)
+    finally:
+        writer.close()
+
+
+async def still_serves(http: httpx.AsyncClient) -> None:
+    event = 7
+    response = await http.get(f"/v1/events/{RUN}/{event}")
+    assert response.status_code == 200
+    assert response.json()["fuid_raw"] == fuid_of(RUN, event)
+
+
+async def upload_until_answered(server: Server, head: bytes, chunk: bytes, limit: int) -> Reply:
+    """Send ``chunk`` after ``head`` until the server answers (or ``limit`` bytes went)."""
+    reader, writer = await asyncio.open_connection(*address(server))
+    sent = 0
+
+    async def send() -> None:
+        nonlocal sent
+        writer.write(head)
+        with contextlib.suppress(ConnectionError):
+            while sent < limit:
+                writer.write(chunk)
+                await writer.drain()
+                sent += len(chunk)
+
+    sender = asyncio.create_task(send())
+    try:
+        reply = await read_reply(reader, 60)
+    finally:
+        sender.cancel()
+        await asyncio.gather(sender, return_exceptions=True)
+        writer.transport.abort()
+    assert sent < limit, "the server read the whole gigabyte"
+    return reply
+
+
+def server_fds(server: Server) -> int:
+    return len(os.listdir(f"/proc/{server.proc.pid}/fd"))
+
+
+def server_rss_mib(server: Server) -> float:
+    for line in Path(f"/proc/{server.proc.pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+async def busy_lookups(database_url: str) -> int:
+    conn = await asyncpg.connect(database_url)
+    try:
+        n: int = await conn.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'eventindex' "
+            "AND state <> 'idle'"
+        )
+        return n
+    finally:
+        await conn.close()
+
+
+# Huge and endless bodies
+
+
+async def test_gigabyte_declared_is_refused_before_it_is_sent(
+    server: Server, http: httpx.AsyncClient
+) -> None:
+    for path, media in [("/v1/lookup", "application/json"), ("/v1/tokens", "application/json")]:
+        head = (
+            f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: {media}\r\n"
+            f"Content-Length: {GIB}\r\n\r\n"
+        ).encode()
+        reply = await send_and_read(server, head)
+        assert reply.status == 413, (path, reply)
+        assert str(1024 * 1024) in str(reply.problem()["detail"])
+    await still_serves(http)
+
+
+async def test_gigabyte_chunked_json_is_cut_at_the_limit(
+    server: Server, http: httpx.AsyncClient
+) -> None:
+    chunk = b"%x\r\n%s\r\n" % (65536, b" " * 65536)
+    for path in ("/v1/lookup", "/v1/tokens"):
+        head = (
+            f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            "Transfer-Encoding: chunked\r\n\r\n"
+        ).encode()
+        reply = await upload_until_answered(server, head, chunk, GIB)
+        assert reply.status == 413, (path, reply)
+        assert reply.problem()["type"] == "urn:eventindex:problem:body-too-large"
+    await still_serves(http)
+
+
+async def test_gigabyte_stream_ends_at_the_stream_limit(
+    server: Server, http: httpx.AsyncClient
+) -> None:
+    # A valid endless stream of pairs: answered until the limit, then one error line.
+    reader, writer = await endless_upload(server.url)
+    sender = asyncio.create_task(feed(writer, 2000, 0))
+    try:
+        reply = await read_reply(reader, 60)
+    finally:
+        sender.cancel()
+        await asyncio.gather(sender, return_exceptions=True)
+        writer.transport.abort()
+    assert reply.status == 200
+    text = reply.body.decode()
+    assert '"found":true' in text
+    assert '"error"' in text
+    assert "body-too-large" in text, text[-500:]
+    await still_serves(http)
+
+
+# Slow clients
+
+
+async def test_slow_headers_get_408_and_silent_connections_are_closed(
+    server: Server, http: httpx.AsyncClient
+) -> None:
+    reader, writer = await asyncio.open_connection(*address(server))
+    silent_reader, silent_writer = await asyncio.open_connection(*address(server))
+    try:
+        # A byte every 0.1 s, then nothing: the head is never finished.
+        for byte in b"GET /health HTTP/1.1\r\n":
+            writer.write(bytes([byte]))
+            await writer.drain()
+            await asyncio.sleep(0.1)
+        reply = await read_reply(reader, 10)
+        assert reply.status == 408
+        assert reply.problem()["type"] == "urn:eventindex:problem:header-timeout"
+        # The silent one was closed without an answer.
+        assert await asyncio.wait_for(silent_reader.read(), 10) == b""
+    finally:
+        writer.close()
+        silent_writer.close()
+    await still_serves(http)
+
+
+async def test_slow_json_body_gets_408(server: Server, http: httpx.AsyncClient) -> None:
+    body = orjson.dumps({"pairs": [{"run_number": RUN, "event_number": 1}]})
+    for path in ("/v1/lookup", "/v1/tokens"):
+        reader, writer = await asyncio.open_connection(*address(server))
+        try:
+            writer.write(
+                f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n".encode()
+            )
+
+            async def trickle(writer: asyncio.StreamWriter) -> None:
+                for byte in body:
+                    writer.write(bytes([byte]))
+                    await writer.drain()
+                    await asyncio.sleep(1)
+
+            sender = asyncio.create_task(trickle(writer))
+            reply = await read_reply(reader, 15)
+            sender.cancel()
+            await asyncio.gather(sender, return_exceptions=True)
+        finally:
+            writer.transport.abort()
+        assert reply.status == 408, (path, reply)
+        assert "3 seconds" in str(reply.problem()["detail"])
+    await still_serves(http)
+
+
+async def test_stalled_stream_ends_with_408(server: Server, http: httpx.AsyncClient) -> None:
+    reader, writer = await endless_upload(server.url)
+    try:
+        pairs = b"".join(b"%d %d\n" % (RUN, e) for e in range(600))  # more than one batch
+        writer.write(b"%x\r\n%s\r\n" % (len(pairs), pairs))
+        await writer.drain()
+        reply = await read_reply(reader, 20)
+    finally:
+        writer.transport.abort()
+    assert reply.status == 200
+    text = reply.body.decode()
+    assert text.count('"found":true') == 600  # every pair sent was answered
+    assert "stream-idle" in text
+
+
+async def test_slow_streams_hold_no_database_connection(
+    server: Server, http: httpx.AsyncClient, database_url: str
+) -> None:
+    # Twice as many trickling streams as the pool has connections.
+    conns = [await endless_upload(server.url) for _ in range(8)]
+    senders = [asyncio.create_task(feed(w, 1, 1.0)) for _, w in conns]
+    try:
+        await asyncio.sleep(1.5)
+        assert await busy_lookups(database_url) == 0
+        for _ in range(3):
+            response = await http.post(
+                "/v1/lookup", json={"pairs": [[RUN, e] for e in range(2000)]}
+            )
+            assert response.status_code == 200
+            assert len(response.json()["results"]) == 2000
+    finally:
+        for task in senders:
+            task.cancel()
+        await asyncio.gather(*senders, return_exceptions=True)
+        for _, writer in conns:
+            writer.transport.abort()
+
+
+# Malformed requests
+
+
+async def test_deeply_nested_json_is_a_clear_422(server: Server, http: httpx.AsyncClient) -> None:
+    depth = 100_000
+    for body in (b"[" * depth + b"]" * depth, b'{"pairs": ' + b"[" * depth + b"]" * depth + b"}"):
+        for path in ("/v1/lookup", "/v1/tokens"):
+            response = await http.post(
+                path, content=body, headers={"content-type": "application/json"}
+            )
+            assert response.status_code in (400, 422), (path, response.text[:300])
+            assert response.headers["content-type"] == "application/problem+json"
+    await still_serves(http)
+
+
+async def test_invalid_utf8_anywhere_is_a_4xx(server: Server, http: httpx.AsyncClient) -> None:
+    bad = b"\xff\xfe\xc3\x28"
+    lines = b"%d 1\n%d 2%s\n" % (RUN, RUN, bad)
+    response = await http.post(
+        "/v1/lookup",
+        content=lines,
+        headers={"content-type": "text/plain", "accept": "application/json"},
+    )
+    assert response.status_code == 422
+    assert "line 2" in response.json()["detail"]
+    response = await http.post(
+        "/v1/lookup",
+        content=b'{"pairs": "' + bad + b'"}',
+        headers={"content-type": "application/json"},
+    )
+    assert response.status_code == 422
+    stream = await http.post(
+        "/v1/lookup",
+        content=lines,
+        headers={"content-type": "text/plain", "accept": "application/x-ndjson"},
+    )
+    assert stream.status_code == 422
+    for raw in (
+        b"GET /v1/events/" + bad + b"/1 HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /v1/events/%d/1?x=" % RUN + bad + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /v1/events/%d/1 HTTP/1.1\r\nHost: x\r\nX-Note: " % RUN + bad + b"\r\n\r\n",
+        b"GET /v1/events/%d/1 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " % RUN
+        + bad
+        + b"\r\n\r\n",
+        b"GET /v1/events/%25ff/1 HTTP/1.1\r\nHost: x\r\n\r\n",
+    ):
+        reply = await send_and_read(server, raw)
+        assert 200 <= reply.status < 500, (raw, reply)
+    await still_serves(http)
+
+
+async def test_header_floods_get_431_and_cost_no_memory(
+    server: Server, http: httpx.AsyncClient
+) -> None:
+    before = server_rss_mib(server)
+    many = b"".join(b"X-Flood-%d: %s\r\n" % (i, b"a" * 50) for i in range(200_000))
+    huge = b"X-Huge: " + b"a" * (50 * 1024 * 1024) + b"\r\n"
+    for flood in (many, huge):
+        replies = await asyncio.gather(
+            *(
+                send_and_read(server, b"GET /health HTTP/1.1\r\nHost: x\r\n" + flood + b"\r\n")
+                for _ in range(4)
+            )
+        )
+        for reply in replies:
+            assert reply.status == 431
+            assert reply.problem()["type"] == "urn:eventindex:problem:header-too-large"
+    # 4 x 10 MB and 4 x 50 MB were sent; what the server keeps is bounded by its limit.
+    assert server_rss_mib(server) - before < 40
+    await still_serves(http)
+
+
+# Connections
+
+
+async def test_connection_churn_leaves_nothing_behind(
+    server: Server, http: httpx.AsyncClient
+) -> None:
+    await still_serves(http)
+    fds_before = server_fds(server)
+    rss_before = server_rss_mib(server)
+    host, port = address(server)
+    request = f"GET /v1/events/{RUN}/3 HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+
+    async def churn(i: int) -> None:
+        reader, writer = await asyncio.open_connection(host, port)
+        try:
+            kind = i % 4
+            if kind == 0:  # a whole request, then close
+                writer.write(request)
+                await writer.drain()
+                reply = await read_reply(reader)
+                assert reply.status == 200
+            elif kind == 1:  # half a request, then close
+                writer.write(request[:20])
+                await writer.drain()
+            elif kind == 2:  # a request, then reset before reading the answer
+                writer.write(request)
+                await writer.drain()
+                sock = writer.get_extra_info("socket")
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00" * 2)
+            # kind 3: connect and close at once
+        finally:
+            writer.close()
+
+    total = 0
+    while total < 4000:
+        results = await asyncio.gather(
+            *(churn(total + i) for i in range(100)), return_exceptions=True
+        )
+        errors = [r for r in results if isinstance(r, BaseException)]
+        assert not errors, errors[:3]
+        total += 100
+    await still_serves(http)
+    for _ in range(50):
+        if server_fds(server) <= fds_before + 2:
+            break
+        await asyncio.sleep(0.1)
+    assert server_fds(server) <= fds_before + 2
+    assert server_rss_mib(server) - rss_before < 30
+
+
+async def test_too_many_connections_get_503(server: Server, http: httpx.AsyncClient) -> None:
+    opened = []
+    try:
+        for _ in range(200):
+            opened.append(await asyncio.open_connection(*address(server)))
+        reply = await send_and_read(server, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert reply.status == 503
+        assert reply.headers["retry-after"]
+        assert "200 connections" in str(reply.problem()["detail"])
+    finally:
+        for _, writer in opened:
+            writer.transport.abort()
+    await asyncio.sleep(0.3)
+    await still_serves(http)
