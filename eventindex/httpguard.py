@@ -167,6 +167,11 @@ class GuardedProtocol(HttpToolsProtocol):
         self._head_timer = None
         if self._refused or self.transport.is_closing():
             return
+        if self.cycle is not None and not self.cycle.response_complete:
+            # A pipelined request behind one still being answered: reading is paused
+            # until that answer is done, so its head cannot be late yet.
+            self._arm_head_timer()
+            return
         if not self._seen_bytes and self.cycle is None:
             # Connected and said nothing: nobody to answer.
             self._refused = True

@@ -438,3 +438,19 @@ async def test_too_many_connections_get_503(server: Server, http: httpx.AsyncCli
             writer.transport.abort()
     await asyncio.sleep(0.3)
     await still_serves(http)
+
+
+async def test_pipelined_requests_are_all_answered(server: Server) -> None:
+    reader, writer = await asyncio.open_connection(*address(server))
+    try:
+        writer.write(
+            b"".join(
+                b"GET /v1/events/%d/%d HTTP/1.1\r\nHost: x\r\n\r\n" % (RUN, e) for e in (1, 2, 3)
+            )
+        )
+        await writer.drain()
+        replies = [await read_reply(reader) for _ in range(3)]
+    finally:
+        writer.close()
+    assert [r.status for r in replies] == [200, 200, 200]
+    assert [orjson.loads(r.body)["event_number"] for r in replies] == [1, 2, 3]
