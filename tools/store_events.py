@@ -333,6 +333,14 @@ class Loader:
             for chunk in source.chunks(progress):
                 if digest is not None:
                     digest.update(chunk)
+                # asyncpg's COPY loop does not yield while the socket takes the data, so
+                # a lost connection would go unnoticed (and every later write be logged)
+                # until the whole file was read: let the event loop see it now.
+                await asyncio.sleep(0)
+                if self.conn.is_closed():
+                    raise asyncpg.ConnectionDoesNotExistError(
+                        "the connection to the database was lost during COPY"
+                    )
                 yield chunk
 
         try:
