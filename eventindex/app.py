@@ -17,7 +17,7 @@ from eventindex import __version__
 from eventindex.auth import Authenticator
 from eventindex.bodylimits import BodyLimits
 from eventindex.config import Settings
-from eventindex.db import create_pool
+from eventindex.db import create_pool, forget_gate
 from eventindex.metrics import Metrics
 from eventindex.problems import install_handlers
 from eventindex.ratelimit import RateLimit
@@ -30,6 +30,7 @@ from eventindex.secheaders import SecurityHeaders
 log = logging.getLogger("eventindex")
 
 _POOL_CLOSE_TIMEOUT = 10.0
+_STREAM_CLOSE_TIMEOUT = 5.0
 _REF = "#/components/schemas/{model}"
 
 
@@ -37,9 +38,11 @@ class State(TypedDict):
     pool: asyncpg.Pool
     read_pool: asyncpg.Pool
     settings: Settings
+    streams: set[asyncio.Task[Any]]  # running lookup streams (streaming.LookupStream)
 
 
 async def _close(pool: asyncpg.Pool) -> None:
+    forget_gate(pool)
     try:
         await asyncio.wait_for(pool.close(), _POOL_CLOSE_TIMEOUT)
     except TimeoutError:
@@ -61,9 +64,15 @@ def create_app(settings: Settings) -> FastAPI:
         if settings.read_database_urls:
             read_pool = await create_pool(settings, dsn, settings.read_database_urls)
         metrics.pool = read_pool
+        streams: set[asyncio.Task[Any]] = set()
         try:
-            yield {"pool": pool, "read_pool": read_pool, "settings": settings}
+            yield {"pool": pool, "read_pool": read_pool, "settings": settings, "streams": streams}
         finally:
+            # The server has cancelled what outlived its grace period: let the streams
+            # among them write their closing error line before the process goes.
+            running = [t for t in streams if not t.done()]
+            if running:
+                await asyncio.wait(running, timeout=_STREAM_CLOSE_TIMEOUT)
             if read_pool is not pool:
                 await _close(read_pool)
             await _close(pool)

@@ -15,6 +15,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import asyncpg
 import orjson
@@ -172,6 +173,18 @@ class LookupStream(Response):
         self.parser = PairParser(collect_errors=report_invalid)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        streams: set[asyncio.Task[Any]] | None = scope.get("state", {}).get("streams")
+        task = asyncio.current_task()
+        if streams is None or task is None:
+            await self._run(scope, receive, send)
+            return
+        streams.add(task)  # so that a shutdown waits for this stream's last line
+        try:
+            await self._run(scope, receive, send)
+        finally:
+            streams.discard(task)
+
+    async def _run(self, scope: Scope, receive: Receive, send: Send) -> None:
         spool = Spool(self.settings.spool_memory_bytes, self.settings.max_stream_bytes)
         if self.pairs is not None:
             spool.close()
