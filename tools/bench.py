@@ -4,6 +4,22 @@
     python -m tools.bench load [--events 10000000] [--rounds 3]
     python -m tools.bench client [--pairs 1000000] [--rounds 3]
     python -m tools.bench catalogue [--events 10000000] [--rounds 3]
+    python -m tools.bench load-test [--clients 300] [--duration 60] [--events 1000000]
+                                    [--mix get=90,json10k=8,stream=2] [--stream-pairs 100000]
+                                    [--server-env EVENTINDEX_NAME=VALUE ...]
+
+``load-test`` runs several hundred concurrent clients (asyncio tasks in this process,
+each with its own connection) against a real uvicorn for a fixed time, each looping
+over a weighted mix of single-pair GETs (5% unknown: a 404 is the right answer),
+JSON lookups of 10,000 pairs and NDJSON streams of 100,000 pairs read to their end,
+every answer checked (counts, unknown pairs, sampled fuids). Around the load, one
+client measures each kind alone (baseline before, recovery after). It prints per
+kind and phase the requests, errors, throughput and p50/p99/max latency, the loaded
+and recovered p50 as ratios of the baseline, CPU per process, and the server's RSS
+over time (VmRSS each second, peak VmHWM) against a stated bound
+(--max-rss-growth-mib). Exit 1 if any request failed (a transport error, a 5xx, a
+4xx other than the GET 404 of an unknown event, a wrong answer) or the bound was
+exceeded. tests/test_load.py runs a short version with the same generator.
 
 ``load`` times the loader (tools/store_events, with all its integrity checks)
 against raw ``COPY ... FROM STDIN`` of the same file into a table with the same
@@ -37,16 +53,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import hashlib
 import io
 import os
+import random
+import re
+import ssl
 import statistics
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -102,9 +124,9 @@ async def migrated_database(url: str, name: str, *, fresh: bool = False) -> str:
     admin = await asyncpg.connect(url)
     try:
         if fresh:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        if not await admin.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
-            await admin.execute(f'CREATE DATABASE "{name}"')
+            await admin.execute(queries.DROP_DATABASE.format(name=queries.ident(name)))
+        if not await admin.fetchval(queries.DATABASE_EXISTS, name):
+            await admin.execute(queries.CREATE_DATABASE.format(name=queries.ident(name)))
     finally:
         await admin.close()
     db_url = with_database(url, name)
@@ -248,15 +270,18 @@ async def timed(items: int, run: Callable[..., Awaitable[Any]], *args: Any) -> f
     return items / (time.perf_counter() - started)
 
 
-def start_service(db_url: str) -> tuple[subprocess.Popen[bytes], str]:
+def start_service(
+    db_url: str, extra_env: dict[str, str] | None = None, stderr: Any = None
+) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     env = {
         **os.environ,
         "EVENTINDEX_DATABASE_URL": db_url,
         "EVENTINDEX_PORT": str(port),
         "EVENTINDEX_LOG_LEVEL": "warning",
+        **(extra_env or {}),
     }
-    proc = subprocess.Popen([sys.executable, "-m", "eventindex", "serve"], env=env)
+    proc = subprocess.Popen([sys.executable, "-m", "eventindex", "serve"], env=env, stderr=stderr)
     base = f"http://127.0.0.1:{port}"
     for _ in range(200):
         try:
@@ -698,6 +723,764 @@ async def bench_scale(args: argparse.Namespace) -> None:
         root.remove()
 
 
+# ---------------------------------------------------------------------------------------------
+# load-test: several hundred clients mixing GETs, 10k-pair JSON lookups and NDJSON streams.
+# The generator (build_workload, run_load, ServerMonitor) is shared with tests/test_load.py.
+
+LOAD_KINDS = ("get", "json10k", "stream")
+DEFAULT_MIX = "get=90,json10k=8,stream=2"
+NDJSON = "application/x-ndjson"
+MISSING_SHARE = 0.05
+
+
+def parse_mix(text: str) -> dict[str, float]:
+    """``get=90,json10k=8,stream=2``: relative weights of the request kinds."""
+    mix: dict[str, float] = {}
+    for part in text.split(","):
+        name, sep, weight = part.partition("=")
+        name = name.strip()
+        try:
+            value = float(weight)
+        except ValueError:
+            value = -1.0
+        if not sep or name not in LOAD_KINDS or value < 0:
+            raise argparse.ArgumentTypeError(
+                f"expected kind=weight,... with kinds {', '.join(LOAD_KINDS)}, not {part!r}"
+            )
+        mix[name] = value
+    if not any(mix.values()):
+        raise argparse.ArgumentTypeError("every weight is zero")
+    return mix
+
+
+class LoadCatalogue(Protocol):
+    """What the load generator needs to know of the catalogue it runs against."""
+
+    def sample(self, rng: np.random.Generator, n: int) -> Pairs:
+        """``n`` random pairs, some of them unknown."""
+        ...
+
+    def fuid(self, run: int, event: int) -> str | None:
+        """The file UUID the service must answer for the pair; None if it is unknown."""
+        ...
+
+
+@dataclass(frozen=True)
+class BenchCatalogue:
+    """The synthetic events ``prepare_database`` loads (5% of the sampled pairs unknown)."""
+
+    n_events: int
+
+    def sample(self, rng: np.random.Generator, n: int) -> Pairs:
+        g = rng.integers(0, self.n_events, n)
+        events = g % EVENTS_PER_RUN
+        missing = rng.random(n) < MISSING_SHARE
+        return (1000 + g // EVENTS_PER_RUN).tolist(), np.where(
+            missing, events + EVENTS_PER_RUN, events
+        ).tolist()
+
+    def fuid(self, run: int, event: int) -> str | None:
+        g = (run - 1000) * EVENTS_PER_RUN + event
+        if run < 1000 or not 0 <= event < EVENTS_PER_RUN or g >= self.n_events:
+            return None
+        digest = hashlib.md5(b"file%d" % (g // EVENTS_PER_FILE), usedforsecurity=False)
+        return str(uuid.UUID(digest.hexdigest()))  # md5('file' || n)::uuid, as loaded
+
+
+# (index in the request, run, event, the expected fuid or None for an unknown pair)
+Check = tuple[int, int, int, str | None]
+
+
+@dataclass(frozen=True)
+class LoadRequest:
+    """A prepared lookup: its body, how many pairs it holds (and how many of them are not
+    in the catalogue) and answers to check."""
+
+    body: bytes
+    content_type: str
+    pairs: int
+    unknown: int
+    checks: tuple[Check, ...]
+
+
+@dataclass(frozen=True)
+class LoadWorkload:
+    gets: tuple[tuple[int, int, str | None], ...]
+    json: tuple[LoadRequest, ...]
+    streams: tuple[LoadRequest, ...]
+
+
+def build_workload(
+    catalogue: LoadCatalogue,
+    *,
+    json_pairs: int = JSON_PAIRS,
+    stream_pairs: int = 100_000,
+    variants: int = 4,
+    gets: int = 20_000,
+    checks: int = 64,
+    seed: int = 0,
+) -> LoadWorkload:
+    """Request bodies made once (so that the clients spend their time on the service), with
+    the first, the last and ``checks`` random answers of each to be checked. Streams
+    alternate text (``run event``) and NDJSON object bodies."""
+    rng = np.random.default_rng(seed)
+
+    def request(body: bytes, content_type: str, runs: list[int], events: list[int]) -> LoadRequest:
+        picked = {0, len(runs) - 1, *rng.integers(0, len(runs), checks).tolist()}
+        return LoadRequest(
+            body,
+            content_type,
+            len(runs),
+            sum(catalogue.fuid(r, e) is None for r, e in zip(runs, events, strict=True)),
+            tuple(
+                (i, runs[i], events[i], catalogue.fuid(runs[i], events[i])) for i in sorted(picked)
+            ),
+        )
+
+    json_requests = []
+    stream_requests = []
+    for v in range(variants):
+        runs, events = catalogue.sample(rng, json_pairs)
+        body = orjson.dumps({"pairs": [list(p) for p in zip(runs, events, strict=True)]})
+        json_requests.append(request(body, "application/json", runs, events))
+        runs, events = catalogue.sample(rng, stream_pairs)
+        pairs = zip(runs, events, strict=True)
+        if v % 2:
+            body = b"".join(b'{"run_number":%d,"event_number":%d}\n' % p for p in pairs)
+            stream_requests.append(request(body, NDJSON, runs, events))
+        else:
+            body = b"".join(b"%d %d\n" % p for p in pairs)
+            stream_requests.append(request(body, "text/plain", runs, events))
+    runs, events = catalogue.sample(rng, gets)
+    singles = tuple((r, e, catalogue.fuid(r, e)) for r, e in zip(runs, events, strict=True))
+    return LoadWorkload(singles, tuple(json_requests), tuple(stream_requests))
+
+
+class WrongAnswer(Exception):
+    """An answer with the wrong content: a count, a pair, a file, the order."""
+
+
+class Refused(Exception):
+    """A status other than the right one (503 from a busy pool, ...), or a stream that
+    ended part-way with an error line (the pairs before it answered rightly)."""
+
+    def __init__(self, what: str, status: int, detail: str) -> None:
+        super().__init__(f"{what}: HTTP {status} {detail[:300]!r}")
+        self.status = status
+
+
+def _refused(what: str, response: httpx.Response) -> Refused:
+    return Refused(what, response.status_code, response.text)
+
+
+def _check_result(what: str, result: Any, check: Check) -> None:
+    _, run, event, fuid = check
+    if (
+        not isinstance(result, dict)
+        or result.get("run_number") != run
+        or result.get("event_number") != event
+        or result.get("found") is not (fuid is not None)
+        or result.get("fuid_raw") != fuid
+    ):
+        raise WrongAnswer(f"{what}: answer {check[0]} is {result!r}, expected {check}")
+
+
+async def _load_get(
+    http: httpx.AsyncClient, work: LoadWorkload, rng: random.Random
+) -> tuple[int, int]:
+    """One GET; returns (pairs, unknown pairs). A 404 for an unknown event is right."""
+    run, event, fuid = work.gets[rng.randrange(len(work.gets))]
+    what = f"GET /v1/events/{run}/{event}"
+    response = await http.get(f"/v1/events/{run}/{event}")
+    if response.status_code not in (200, 404):
+        raise _refused(what, response)
+    if (response.status_code == 404) != (fuid is None):
+        raise WrongAnswer(f"{what}: HTTP {response.status_code}, expected fuid_raw {fuid}")
+    if fuid is None:
+        return 1, 1
+    answer = orjson.loads(response.content)
+    if (answer.get("run_number"), answer.get("event_number"), answer.get("fuid_raw")) != (
+        run,
+        event,
+        fuid,
+    ):
+        raise WrongAnswer(f"{what}: {answer!r}, expected fuid_raw {fuid}")
+    return 1, 0
+
+
+async def _load_json(
+    http: httpx.AsyncClient, work: LoadWorkload, rng: random.Random
+) -> tuple[int, int]:
+    req = work.json[rng.randrange(len(work.json))]
+    what = f"POST /v1/lookup JSON {req.pairs} pairs"
+    response = await http.post(
+        "/v1/lookup", content=req.body, headers={"content-type": req.content_type}
+    )
+    if response.status_code != 200:
+        raise _refused(what, response)
+    answer = orjson.loads(response.content)
+    results = answer["results"]
+    summary = answer["summary"]
+    if len(results) != req.pairs or (summary["requested"], summary["missing"]) != (
+        req.pairs,
+        req.unknown,
+    ):
+        raise WrongAnswer(
+            f"{what}: {len(results)} results, summary {summary}, {req.unknown} unknown sent"
+        )
+    for check in req.checks:
+        _check_result(what, results[check[0]], check)
+    return req.pairs, req.unknown
+
+
+async def _load_stream(
+    http: httpx.AsyncClient, work: LoadWorkload, rng: random.Random
+) -> tuple[int, int]:
+    """A streamed lookup read to its end: every line counted, the checked ones decoded."""
+    req = work.streams[rng.randrange(len(work.streams))]
+    what = f"POST /v1/lookup {req.content_type} -> NDJSON stream {req.pairs} pairs"
+    checks = iter(req.checks)
+    check = next(checks, None)
+    lines = unknown = 0
+    tail = last = b""
+    headers = {"content-type": req.content_type, "accept": NDJSON}
+    async with http.stream("POST", "/v1/lookup", content=req.body, headers=headers) as response:
+        if response.status_code != 200:
+            await response.aread()
+            raise _refused(what, response)
+        async for chunk in response.aiter_bytes():
+            data = tail + chunk
+            cut = data.rfind(b"\n") + 1  # whole lines before, a part of one after
+            tail = data[cut:]
+            if not cut:
+                continue
+            done = data[:cut]
+            n = done.count(b"\n")
+            unknown += done.count(b'"found":false')
+            if check is not None and check[0] < lines + n:
+                parts = done.split(b"\n")
+                while check is not None and check[0] < lines + n:
+                    line = parts[check[0] - lines]
+                    if line.startswith(b'{"error"'):
+                        break  # the stream failed here: the end says how
+                    _check_result(what, orjson.loads(line), check)
+                    check = next(checks, None)
+            last = done[done.rfind(b"\n", 0, cut - 1) + 1 : cut - 1]
+            lines += n
+    if last.startswith(b'{"error"') and not tail:
+        status = orjson.loads(last)["error"].get("status", 0)
+        raise Refused(f"{what}: ended after {lines - 1} answers with", status, last.decode())
+    if tail:
+        raise WrongAnswer(f"{what}: the stream ended inside a line: {tail[:300]!r}")
+    if lines != req.pairs or unknown != req.unknown:
+        raise WrongAnswer(
+            f"{what}: {lines} lines for {req.pairs} pairs, {unknown} not found for "
+            f"{req.unknown} unknown"
+        )
+    return req.pairs, unknown
+
+
+_LOAD_CALLS: dict[
+    str, Callable[[httpx.AsyncClient, LoadWorkload, random.Random], Awaitable[tuple[int, int]]]
+] = {"get": _load_get, "json10k": _load_json, "stream": _load_stream}
+
+
+@dataclass
+class KindStats:
+    """One kind of request in one phase."""
+
+    latencies: list[float] = field(default_factory=list)  # seconds, answered requests
+    pairs: int = 0
+    unknown: int = 0  # pairs answered as not in the catalogue (GET: the 404s)
+    errors: int = 0
+    wrong: int = 0  # of the errors: answers with the wrong content
+    refused: dict[int, int] = field(default_factory=dict)  # of the errors: by HTTP status
+    messages: list[str] = field(default_factory=list)  # the first few errors of each sort
+
+    def fail(self, exc: Exception, message: str) -> None:
+        self.errors += 1
+        if isinstance(exc, WrongAnswer):
+            self.wrong += 1
+        elif isinstance(exc, Refused):
+            self.refused[exc.status] = self.refused.get(exc.status, 0) + 1
+        sort = type(exc).__name__
+        if sum(m.startswith(sort + ":") for m in self.messages) < 3:
+            self.messages.append(f"{sort}: {message}")
+
+    def quantile(self, q: float) -> float:
+        return float(np.quantile(self.latencies, q)) if self.latencies else float("nan")
+
+
+@dataclass
+class LoadGauge:
+    """Live counters the monitor samples."""
+
+    in_flight: int = 0
+    done: int = 0
+
+
+@dataclass
+class LoadStats:
+    kinds: dict[str, KindStats]
+    clients: int
+    elapsed: float = 0.0  # from the start to the end of the last request
+    client_cpu: float = 0.0  # CPU seconds of this (client) process meanwhile
+
+    @property
+    def errors(self) -> int:
+        return sum(k.errors for k in self.kinds.values())
+
+    @property
+    def wrong(self) -> int:
+        return sum(k.wrong for k in self.kinds.values())
+
+    @property
+    def requests(self) -> int:
+        return sum(len(k.latencies) + k.errors for k in self.kinds.values())
+
+    def messages(self) -> list[str]:
+        return [m for k in self.kinds.values() for m in k.messages]
+
+
+async def run_load(
+    base: str,
+    work: LoadWorkload,
+    *,
+    clients: int,
+    duration: float,
+    mix: dict[str, float],
+    timeout: float = 120.0,
+    seed: int = 0,
+    gauge: LoadGauge | None = None,
+) -> LoadStats:
+    """``clients`` concurrent clients, each with its own connection, each sending requests
+    of a kind drawn from ``mix`` one after the other until ``duration`` is over; requests
+    running then are finished. Every answer is checked: an error is a transport error, any
+    status but 200 (and 404 for an unknown event's GET), or a wrong answer."""
+    kinds = [k for k in LOAD_KINDS if mix.get(k, 0) > 0]
+    weights = [mix[k] for k in kinds]
+    stats = LoadStats({k: KindStats() for k in kinds}, clients)
+    live = gauge if gauge is not None else LoadGauge()
+    deadline = time.perf_counter() + duration
+    limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+    # One TLS context for all: httpx makes one per client otherwise (~40 ms of CPU each,
+    # which held up the start of several hundred clients by seconds).
+    tls = ssl.create_default_context()
+
+    async def client(i: int) -> None:
+        rng = random.Random(seed * 100_003 + i)
+        async with httpx.AsyncClient(
+            base_url=base, timeout=timeout, limits=limits, verify=tls
+        ) as http:
+            while time.perf_counter() < deadline:
+                kind = rng.choices(kinds, weights)[0]
+                kstats = stats.kinds[kind]
+                live.in_flight += 1
+                started = time.perf_counter()
+                try:
+                    pairs, unknown = await _LOAD_CALLS[kind](http, work, rng)
+                except Exception as exc:
+                    elapsed = time.perf_counter() - started
+                    kstats.fail(exc, f"{kind} after {elapsed:.2f} s: {exc}")
+                else:
+                    kstats.latencies.append(time.perf_counter() - started)
+                    kstats.pairs += pairs
+                    kstats.unknown += unknown
+                finally:
+                    live.in_flight -= 1
+                    live.done += 1
+
+    started, cpu = time.perf_counter(), time.process_time()
+    await asyncio.gather(*(client(i) for i in range(clients)))
+    stats.elapsed = time.perf_counter() - started
+    stats.client_cpu = time.process_time() - cpu
+    return stats
+
+
+def _stat(pid: int | str) -> list[str]:
+    """The fields of /proc/PID/stat after the command name (state is [0], ppid [1])."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU seconds of a process."""
+    fields = _stat(pid)
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """CPU seconds of a process, its children (a PostgreSQL server's backends) and its
+    children that have ended."""
+    ticks = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = _stat(entry.name)
+        except OSError:
+            continue  # ended meanwhile
+        if entry.name == str(root):
+            ticks += sum(int(f) for f in fields[11:15])
+        elif fields[1] == str(root):
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+async def local_postmaster(db_url: str) -> int | None:
+    """The pid of the PostgreSQL server behind ``db_url`` when it runs on this machine:
+    the parent of the backend serving a connection."""
+    conn = await asyncpg.connect(db_url)
+    try:
+        backend: int = await conn.fetchval("SELECT pg_backend_pid()")
+        return _postgres_parent(backend)
+    finally:
+        await conn.close()
+
+
+def _postgres_parent(backend: int) -> int | None:
+    try:
+        parent = int(_stat(backend)[1])
+        if Path(f"/proc/{parent}/comm").read_text().strip() in ("postgres", "postmaster"):
+            return parent
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def machine_jiffies() -> tuple[int, int]:
+    """(busy, total) CPU time of the machine, all cores."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return sum(values) - values[3] - values[4], sum(values)
+
+
+@dataclass(frozen=True)
+class MonitorSample:
+    t: float  # seconds since the monitor started
+    phase: str
+    rss_kib: int
+    in_flight: int
+    done: int
+    server_cpu: float  # cumulative CPU seconds of the server
+    postgres_cpu: float  # of the PostgreSQL server (nan if not on this machine)
+    client_cpu: float  # of this process
+    machine: tuple[int, int]  # cumulative (busy, total) jiffies
+    lag: float  # how late this sample came: the client's event loop was busy
+
+
+class ServerMonitor:
+    """Samples the server's RSS (VmRSS), the CPU of the server, PostgreSQL (given its
+    postmaster's pid), this client process and the machine, and the requests in flight."""
+
+    def __init__(
+        self, pid: int, gauge: LoadGauge, interval: float = 1.0, postmaster: int | None = None
+    ) -> None:
+        self.pid = pid
+        self.gauge = gauge
+        self.interval = interval
+        self.postmaster = postmaster
+        self.phase = "start"
+        self.samples: list[MonitorSample] = []
+        self._began = time.perf_counter()
+        self._task: asyncio.Task[None] | None = None
+
+    def sample(self, lag: float = 0.0) -> MonitorSample:
+        s = MonitorSample(
+            time.perf_counter() - self._began,
+            self.phase,
+            status_kib(self.pid, "VmRSS"),
+            self.gauge.in_flight,
+            self.gauge.done,
+            cpu_seconds(self.pid),
+            float("nan") if self.postmaster is None else tree_cpu_seconds(self.postmaster),
+            time.process_time(),
+            machine_jiffies(),
+            lag,
+        )
+        self.samples.append(s)
+        return s
+
+    async def _run(self) -> None:
+        due = time.perf_counter()
+        while True:
+            now = time.perf_counter()
+            self.sample(max(0.0, now - due))
+            due = now + self.interval
+            await asyncio.sleep(self.interval)
+
+    def start(self) -> None:
+        self._began = time.perf_counter()
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self.sample()
+
+    def cpu(self, phase: str) -> dict[str, float]:
+        """Cores used during a phase (from the sample before it to its last one) by the
+        server, PostgreSQL, this client, other processes, and the machine's idle cores."""
+        idx = [i for i, s in enumerate(self.samples) if s.phase == phase]
+        if not idx:
+            return {}
+        a, b = self.samples[max(0, idx[0] - 1)], self.samples[idx[-1]]
+        dt = b.t - a.t
+        busy, total = (y - x for x, y in zip(a.machine, b.machine, strict=True))
+        if dt <= 0 or total <= 0:
+            return {}
+        cores = os.cpu_count() or 1
+        used = {
+            "server": (b.server_cpu - a.server_cpu) / dt,
+            "PostgreSQL": (b.postgres_cpu - a.postgres_cpu) / dt,
+            "client": (b.client_cpu - a.client_cpu) / dt,
+        }
+        known = sum(v for v in used.values() if v == v)
+        used["others"] = busy / total * cores - known
+        used["idle"] = (1 - busy / total) * cores
+        return used
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:,.1f}"
+
+
+def _load_settings(extra: dict[str, str]) -> str:
+    from eventindex.config import Settings
+
+    shown = []
+    for name in (
+        "pool_max_size",
+        "pool_acquire_timeout",
+        "stream_connections",
+        "lookup_batch_size",
+        "max_connections",
+        "workers",
+    ):
+        if name not in Settings.model_fields:
+            continue
+        key = "EVENTINDEX_" + name.upper()
+        value = extra.get(key, os.environ.get(key))
+        origin = "set" if key in extra else "environment" if value is not None else "default"
+        if value is None:
+            value = str(Settings.model_fields[name].default)
+        shown.append(f"{key}={value} ({origin})")
+    return ", ".join(shown)
+
+
+async def bench_load_test(args: argparse.Namespace) -> int:
+    url, _server = server_url(args)
+    db_url = await prepare_database(url, args.events)
+    postmaster = await local_postmaster(db_url)
+    mix = args.mix
+    extra_env = dict(args.server_env)
+    log("preparing request bodies ...")
+    work = build_workload(
+        BenchCatalogue(args.events), stream_pairs=args.stream_pairs, seed=args.seed
+    )
+    server_log = Path("bench-data") / "load-test-server.log"
+    server_log.parent.mkdir(exist_ok=True)
+    phases: dict[str, LoadStats] = {}
+    with server_log.open("wb") as log_file:
+        proc, base = start_service(db_url, extra_env, stderr=log_file)
+        gauge = LoadGauge()
+        monitor = ServerMonitor(proc.pid, gauge, postmaster=postmaster)
+
+        async def single(phase: str) -> LoadStats:
+            """One client, each kind alone in turn for --single-seconds."""
+            monitor.phase = phase
+            log(f"{phase}: one client, {args.single_seconds:g} s per kind ...")
+            merged = LoadStats({}, 1)
+            for kind in (k for k in LOAD_KINDS if mix.get(k, 0) > 0):
+                one = await run_load(
+                    base,
+                    work,
+                    clients=1,
+                    duration=args.single_seconds,
+                    mix={kind: 1},
+                    gauge=gauge,
+                    seed=1,
+                    timeout=args.timeout,
+                )
+                merged.kinds.update(one.kinds)
+                merged.elapsed += one.elapsed
+                merged.client_cpu += one.client_cpu
+            return merged
+
+        try:
+            monitor.start()
+            monitor.phase = "warm-up"
+            log(f"warm-up: 8 clients for {args.warmup:g} s ...")
+            phases["warm-up"] = await run_load(
+                base, work, clients=8, duration=args.warmup, mix=mix, gauge=gauge
+            )
+            phases["baseline"] = await single("baseline")
+            monitor.phase = "load"
+            log(f"load: {args.clients} clients for {args.duration:g} s ...")
+            rss_before = status_kib(proc.pid, "VmRSS")
+            reset_peak_rss(proc.pid)
+            phases["load"] = await run_load(
+                base,
+                work,
+                clients=args.clients,
+                duration=args.duration,
+                mix=mix,
+                gauge=gauge,
+                seed=2,
+                timeout=args.timeout,
+            )
+            peak_kib = status_kib(proc.pid, "VmHWM")
+            rss_after_load = status_kib(proc.pid, "VmRSS")
+            phases["recovery"] = await single("recovery")
+            monitor.phase = "idle"
+            await asyncio.sleep(2)
+        finally:
+            await monitor.stop()
+            proc.terminate()
+            proc.wait(30)
+    return report_load_test(
+        args, phases, monitor, (rss_before, peak_kib, rss_after_load), extra_env, server_log
+    )
+
+
+def _log_summary(path: Path) -> list[str]:
+    """The server's warnings and errors, counted by kind (numbers made N)."""
+    kinds: dict[str, int] = {}
+    for line in path.read_text(errors="replace").splitlines():
+        for level in (" WARNING ", " ERROR ", " CRITICAL "):
+            if level in line:
+                key = level.strip() + " " + re.sub(r"\d+", "N", line.split(level, 1)[1])[:200]
+                kinds[key] = kinds.get(key, 0) + 1
+    return [f"{n:>6} x {key}" for key, n in sorted(kinds.items(), key=lambda kv: -kv[1])]
+
+
+def report_load_test(
+    args: argparse.Namespace,
+    phases: dict[str, LoadStats],
+    monitor: ServerMonitor,
+    rss: tuple[int, int, int],
+    extra_env: dict[str, str],
+    server_log: Path,
+) -> int:
+    load = phases["load"]
+    mix = ",".join(f"{k}={v:g}" for k, v in args.mix.items())
+    print()
+    print(
+        f"EventIndex load test: {args.events:,} events; {args.clients} clients for "
+        f"{args.duration:g} s, mix {mix} (get: one pair, {MISSING_SHARE:.0%} unknown -> 404; "
+        f"json10k: {JSON_PAIRS:,} pairs as JSON; stream: {args.stream_pairs:,} pairs, text "
+        "or NDJSON body, NDJSON answer read to its end)"
+    )
+    print(f"server: one `eventindex serve` (uvicorn); {_load_settings(extra_env)}")
+    print(
+        f"clients: {args.clients} asyncio tasks in this one Python process, each with its own "
+        "httpx connection (keep-alive), every answer checked"
+    )
+    print()
+    print(
+        f"{'phase':<10}{'kind':<9}{'requests':>9}{'errors':>7}{'req/s':>9}{'pairs/s':>11}"
+        f"{'p50 ms':>10}{'p99 ms':>10}{'max ms':>10}"
+    )
+    for phase, stats in phases.items():
+        for kind, k in stats.kinds.items():
+            n = len(k.latencies) + k.errors
+            # The one-client phases run each kind alone, for its own share of the time.
+            seconds = stats.elapsed / (1 if stats.clients > 1 else len(stats.kinds))
+            print(
+                f"{phase:<10}{kind:<9}{n:>9,}{k.errors:>7}{n / seconds:>9,.1f}"
+                f"{k.pairs / seconds:>11,.0f}{_ms(k.quantile(0.5)):>10}"
+                f"{_ms(k.quantile(0.99)):>10}{_ms(max(k.latencies, default=float('nan'))):>10}"
+            )
+    print(
+        f"load: {load.requests:,} requests in {load.elapsed:.1f} s "
+        f"({load.requests / load.elapsed:,.1f} req/s, "
+        f"{sum(k.pairs for k in load.kinds.values()) / load.elapsed:,.0f} pairs/s answered "
+        f"rightly), {sum(k.unknown for k in load.kinds.values()):,} unknown pairs answered as "
+        "unknown"
+    )
+    print()
+    print("latency under load and after it, as ratios of the unloaded baseline p50 (one client):")
+    print(f"{'kind':<9}{'baseline p50':>14}{'load p50':>10}{'load p99':>10}{'recovered p50':>15}")
+    recovered = True
+    for kind, k in load.kinds.items():
+        b = phases["baseline"].kinds[kind].quantile(0.5)
+        r = phases["recovery"].kinds[kind].quantile(0.5)
+        recovered &= r / b <= args.recovery_ratio
+        print(
+            f"{kind:<9}{_ms(b) + ' ms':>14}{k.quantile(0.5) / b:>9.1f}x"
+            f"{k.quantile(0.99) / b:>9.1f}x{r / b:>14.2f}x"
+        )
+    print()
+    cores = os.cpu_count() or 1
+    print(f"CPU, in cores (the machine has {cores}), per phase:")
+    names = ["server", "PostgreSQL", "client", "others", "idle"]
+    print(f"{'phase':<10}" + "".join(f"{n:>12}" for n in names))
+    for phase in phases:
+        used = monitor.cpu(phase)
+        print(f"{phase:<10}" + "".join(f"{used.get(n, float('nan')):>12.2f}" for n in names))
+    lags = [s.lag for s in monitor.samples if s.phase == "load"] or [0.0]
+    print(
+        "client event loop under load: 1 s monitor ticks late by "
+        f"{statistics.median(lags) * 1e3:.0f} ms (median), {max(lags) * 1e3:.0f} ms (max); "
+        "the client is a bottleneck only if it uses a whole core or its ticks are late by much"
+    )
+    print()
+    print("server RSS over time (every 5 s; in flight: client requests running)")
+    print(f"{'t s':>6}  {'phase':<9}{'RSS MiB':>9}{'in flight':>11}{'req/s':>9}{'server CPU':>12}")
+    rows = [s for i, s in enumerate(monitor.samples) if i % 5 == 0] + monitor.samples[-1:]
+    prev = monitor.samples[0]
+    for s in rows:
+        dt = s.t - prev.t
+        rate = (s.done - prev.done) / dt if dt > 0 else 0.0
+        cpu = (s.server_cpu - prev.server_cpu) / dt if dt > 0 else 0.0
+        print(
+            f"{s.t:>6.0f}  {s.phase:<9}{s.rss_kib / 1024:>9.0f}{s.in_flight:>11}"
+            f"{rate:>9,.1f}{cpu:>11.0%}"
+        )
+        prev = s
+    rss_before, peak_kib, rss_after_load = rss
+    growth = (peak_kib - rss_before) / 1024
+    within = growth <= args.max_rss_growth_mib
+    print(
+        f"server RSS: {rss_before / 1024:.0f} MiB before the load, peak {peak_kib / 1024:.0f} "
+        f"MiB (VmHWM) during it: +{growth:.0f} MiB, "
+        f"{'within' if within else 'OVER'} the bound of {args.max_rss_growth_mib} MiB; "
+        f"{rss_after_load / 1024:.0f} MiB when it ended, "
+        f"{monitor.samples[-1].rss_kib / 1024:.0f} MiB after recovery"
+    )
+    print(
+        f"recovery: p50 of every kind within {args.recovery_ratio:g}x its baseline: "
+        f"{'yes' if recovered else 'NO'}"
+    )
+    errors = sum(s.errors for s in phases.values())
+    print(f"errors: {errors}, of which wrong answers: {sum(s.wrong for s in phases.values())}")
+    for phase, stats in phases.items():
+        for kind, k in stats.kinds.items():
+            if k.errors:
+                refused = ", ".join(f"HTTP {code}: {n}" for code, n in sorted(k.refused.items()))
+                transport = k.errors - k.wrong - sum(k.refused.values())
+                print(
+                    f"  {phase} {kind}: {k.errors} = {k.wrong} wrong answers, refused "
+                    f"({refused or 'none'}), {transport} transport or other errors"
+                )
+    for phase, stats in phases.items():
+        for message in stats.messages():
+            print(f"  {phase}: {message}")
+    summary = _log_summary(server_log)
+    if summary:
+        print(f"server warnings and errors ({server_log}), by kind:")
+        for line in summary[:10]:
+            print(line)
+    return 1 if errors or not within else 0
+
+
+def _server_env(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name.startswith("EVENTINDEX_"):
+        raise argparse.ArgumentTypeError(f"expected EVENTINDEX_NAME=VALUE, not {text!r}")
+    return name, value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m tools.bench",
@@ -745,6 +1528,55 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--events", type=int, default=10_000_000, help="events per file (default 10M)")
     p.add_argument("--rounds", type=int, default=3)
     p.set_defaults(func=bench_load)
+
+    p = sub.add_parser(
+        "load-test", help="many concurrent clients: throughput, latency, errors, server memory"
+    )
+    p.add_argument("--database-url", help="PostgreSQL server URL (default: embedded)")
+    p.add_argument("--events", type=int, default=1_000_000, help="catalogue size (default 1M)")
+    p.add_argument("--clients", type=int, default=300, help="concurrent clients (default 300)")
+    p.add_argument("--duration", type=float, default=60, help="seconds of load (default 60)")
+    p.add_argument(
+        "--mix",
+        type=parse_mix,
+        default=parse_mix(DEFAULT_MIX),
+        help=f"weights of the request kinds (default {DEFAULT_MIX})",
+    )
+    p.add_argument(
+        "--stream-pairs", type=int, default=100_000, help="pairs per stream (default 100000)"
+    )
+    p.add_argument(
+        "--single-seconds",
+        type=float,
+        default=5,
+        help="baseline and recovery: seconds of one client per kind (default 5)",
+    )
+    p.add_argument("--warmup", type=float, default=5, help="seconds of warm-up (default 5)")
+    p.add_argument(
+        "--timeout", type=float, default=120, help="client timeout per request (default 120 s)"
+    )
+    p.add_argument(
+        "--max-rss-growth-mib",
+        type=int,
+        default=512,
+        help="the server's memory bound: peak RSS growth under load (default 512 MiB)",
+    )
+    p.add_argument(
+        "--recovery-ratio",
+        type=float,
+        default=1.5,
+        help="recovered p50 / baseline p50 counted as recovered (default 1.5; reported only)",
+    )
+    p.add_argument(
+        "--server-env",
+        type=_server_env,
+        action="append",
+        default=[],
+        metavar="EVENTINDEX_NAME=VALUE",
+        help="a setting for the server (repeatable); by default none is changed",
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=bench_load_test)
     return parser
 
 
@@ -752,8 +1584,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "lookup" and args.events < 200_000:
         raise SystemExit("bench: --events must be at least 200000")
-    asyncio.run(args.func(args))
-    return 0
+    status = asyncio.run(args.func(args))
+    return status if isinstance(status, int) else 0
 
 
 if __name__ == "__main__":
