@@ -4,6 +4,7 @@
     python -m tools.bench load [--events 10000000] [--rounds 3]
     python -m tools.bench client [--pairs 1000000] [--rounds 3]
     python -m tools.bench catalogue [--events 10000000] [--rounds 3]
+    python -m tools.bench churn [--connections 1000000] [--concurrency 200]
     python -m tools.bench load-test [--clients 300] [--duration 60] [--events 1000000]
                                     [--mix get=90,json10k=8,stream=2] [--stream-pairs 100000]
                                     [--server-env EVENTINDEX_NAME=VALUE ...]
@@ -59,6 +60,7 @@ import io
 import os
 import random
 import re
+import socket
 import ssl
 import statistics
 import subprocess
@@ -1481,6 +1483,92 @@ def _server_env(text: str) -> tuple[str, str]:
     return name, value
 
 
+async def _churn_one(host: str, port: int, i: int, request: bytes) -> str | None:
+    """One connection of the churn: what went wrong, or None."""
+    try:
+        reader, writer = await asyncio.open_connection(host, port)
+    except OSError as exc:
+        return f"connect: {exc!r}"
+    try:
+        kind = i % 10
+        if kind < 7:  # a whole request, read to the end, then close
+            writer.write(request)
+            head = await reader.readuntil(b"\r\n\r\n")
+            if not head.startswith(b"HTTP/1.1 200"):
+                return head.split(b"\r\n", 1)[0].decode("latin-1")
+            await reader.read()
+        elif kind < 9:  # half a request line, then gone
+            writer.write(request[:9])
+            await writer.drain()
+        else:  # a request, then reset without reading the answer
+            writer.write(request)
+            await writer.drain()
+            sock = writer.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00" * 2)
+        return None
+    except (OSError, asyncio.IncompleteReadError) as exc:
+        return repr(exc)
+    finally:
+        writer.close()
+
+
+async def bench_churn(args: argparse.Namespace) -> int:
+    """Connections opened and dropped as fast as one client process can: a whole request
+    (70%), half a request line (20%) or a reset before the answer (10%). The server's open
+    files and memory afterwards are compared with before (the baseline)."""
+    url, _server = server_url(args)
+    db_url = await migrated_database(url, "eventindex_churn")
+    proc, base = start_service(db_url)
+    host, port = base.removeprefix("http://").split(":")
+    request = f"GET {args.path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode()
+    try:
+        fds_before = len(os.listdir(f"/proc/{proc.pid}/fd"))
+        rss_before = status_kib(proc.pid, "VmRSS") / 1024
+        errors: list[str] = []
+        done = 0
+        started = time.perf_counter()
+        next_report = started + 10
+        while done < args.connections:
+            batch = min(args.concurrency, args.connections - done)
+            results = await asyncio.gather(
+                *(_churn_one(host, int(port), done + i, request) for i in range(batch))
+            )
+            errors += [r for r in results if r is not None]
+            done += batch
+            if time.perf_counter() > next_report:
+                next_report += 10
+                log(
+                    f"  {done:,} connections, {done / (time.perf_counter() - started):,.0f}/s, "
+                    f"server RSS {status_kib(proc.pid, 'VmRSS') / 1024:.0f} MiB, "
+                    f"{len(os.listdir(f'/proc/{proc.pid}/fd'))} open files"
+                )
+        elapsed = time.perf_counter() - started
+        await asyncio.sleep(1)  # the server's side of the last closes
+        fds_after = len(os.listdir(f"/proc/{proc.pid}/fd"))
+        rss_after = status_kib(proc.pid, "VmRSS") / 1024
+        peak = status_kib(proc.pid, "VmHWM") / 1024
+        async with httpx.AsyncClient() as client:
+            answer = (await client.get(base + args.path, timeout=10)).status_code
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    print(
+        f"churn: {done:,} connections ({args.concurrency} at a time) to {args.path} in "
+        f"{elapsed:.1f} s = {done / elapsed:,.0f} connections/s"
+    )
+    print(
+        f"server open files: {fds_before} before, {fds_after} after ({fds_after / fds_before:.2f}x)"
+    )
+    print(
+        f"server RSS: {rss_before:.0f} MiB before, {rss_after:.0f} MiB after "
+        f"({rss_after / rss_before:.2f}x), peak {peak:.0f} MiB"
+    )
+    print(f"errors on whole requests: {len(errors)}; the server answers afterwards: {answer}")
+    for error in errors[:5]:
+        print("  " + error)
+    return 1 if errors or answer != 200 else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m tools.bench",
@@ -1577,6 +1665,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=bench_load_test)
+
+    p = sub.add_parser("churn", help="connections opened and dropped: the server's files, memory")
+    p.add_argument("--connections", type=int, default=1_000_000)
+    p.add_argument("--concurrency", type=int, default=200)
+    p.add_argument("--path", default="/health")
+    p.add_argument("--database-url")
+    p.set_defaults(func=bench_churn)
     return parser
 
 
