@@ -116,10 +116,8 @@ async def drop_database(server_url: str, name: str) -> None:
         await conn.close()
 
 
-@pytest.fixture(scope="session")
-async def database_url(server_url: str) -> AsyncIterator[str]:
-    """A fresh database for this session, migrated and holding the known events."""
-    name = f"eventindex_test_{os.getpid()}"
+async def create_known_catalogue(server_url: str, name: str) -> str:
+    """Database ``name`` (made anew), migrated and holding the known events."""
     url = await create_database(server_url, name)
     conn = await asyncpg.connect(url)
     try:
@@ -141,8 +139,28 @@ async def database_url(server_url: str) -> AsyncIterator[str]:
         await conn.execute("ANALYZE")
     finally:
         await conn.close()
-    yield url
+    return url
+
+
+@pytest.fixture(scope="session")
+async def database_url(server_url: str) -> AsyncIterator[str]:
+    """A fresh database for this session, migrated and holding the known events."""
+    name = f"eventindex_test_{os.getpid()}"
+    yield await create_known_catalogue(server_url, name)
     await drop_database(server_url, name)
+
+
+async def busy_lookup_backends(database_url: str) -> int:
+    """The service's database sessions doing something (a query, or a transaction open)."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        count: int = await conn.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'eventindex' "
+            "AND state <> 'idle'"
+        )
+        return count
+    finally:
+        await conn.close()
 
 
 @pytest.fixture

@@ -20,30 +20,22 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-import asyncpg
 import httpx
 import orjson
 import pytest
 import schemathesis
 from schemathesis.engine import events
 
-from eventindex import migrate, queries
 from eventindex.app import create_app
 from eventindex.config import Mode, Settings
 from tests.conftest import (
-    DATASETS,
-    EVENTS_PER_RUN,
-    RUNS,
     Server,
-    create_database,
+    create_known_catalogue,
     drop_database,
-    dsid_of,
     fuid_of,
-    olt_of,
     run_server,
 )
 
@@ -166,26 +158,7 @@ async def fuzz_database(server_url: str) -> AsyncIterator[str]:
     """The known events in a database of these tests' own: the fuzzing creates and revokes
     tokens at random."""
     name = f"eventindex_fuzz_{os.getpid()}"
-    url = await create_database(server_url, name)
-    conn = await asyncpg.connect(url)
-    try:
-        await migrate.apply(conn)
-        await conn.executemany(
-            "INSERT INTO datasets (id, name) VALUES ($1, $2)", list(DATASETS.items())
-        )
-        await conn.execute(queries.ADD_PARTITIONS, list(RUNS))
-        await conn.copy_records_to_table(
-            "events",
-            records=[
-                (run, event, olt_of(event), dsid_of(run), uuid.UUID(fuid_of(run, event)))
-                for run in RUNS
-                for event in range(EVENTS_PER_RUN)
-            ],
-            columns=["run_number", "event_number", "olt_result", "dsid_raw", "fuid_raw"],
-        )
-        await conn.execute("ANALYZE")
-    finally:
-        await conn.close()
+    url = await create_known_catalogue(server_url, name)
     yield url
     await drop_database(server_url, name)
 

@@ -17,12 +17,19 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import asyncpg
 import httpx
 import orjson
 import pytest
 
-from tests.conftest import RUNS, Server, endless_upload, feed, fuid_of, run_server
+from tests.conftest import (
+    RUNS,
+    Server,
+    busy_lookup_backends,
+    endless_upload,
+    feed,
+    fuid_of,
+    run_server,
+)
 
 LIMITS = {
     "EVENTINDEX_HEADER_TIMEOUT": "2",
@@ -146,18 +153,6 @@ def server_rss_mib(server: Server) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     raise AssertionError("no VmRSS")
-
-
-async def busy_lookups(database_url: str) -> int:
-    conn = await asyncpg.connect(database_url)
-    try:
-        n: int = await conn.fetchval(
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'eventindex' "
-            "AND state <> 'idle'"
-        )
-        return n
-    finally:
-        await conn.close()
 
 
 # Huge and endless bodies
@@ -287,7 +282,7 @@ async def test_slow_streams_hold_no_database_connection(
     senders = [asyncio.create_task(feed(w, 1, 1.0)) for _, w in conns]
     try:
         await asyncio.sleep(1.5)
-        assert await busy_lookups(database_url) == 0
+        assert await busy_lookup_backends(database_url) == 0
         for _ in range(3):
             response = await http.post(
                 "/v1/lookup", json={"pairs": [[RUN, e] for e in range(2000)]}

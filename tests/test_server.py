@@ -7,7 +7,6 @@ import random
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import asyncpg
 import httpx
 import orjson
 import pytest
@@ -16,6 +15,7 @@ from tests.conftest import (
     EVENTS_PER_RUN,
     RUNS,
     Server,
+    busy_lookup_backends,
     endless_upload,
     feed,
     fuid_of,
@@ -92,18 +92,6 @@ async def test_large_stream_in_bounded_memory(server: Server, http: httpx.AsyncC
     assert checked > 300
     growth_mib = (rss_kib(server.proc.pid, "VmHWM") - before) / 1024
     assert growth_mib < 60, f"server grew by {growth_mib:.0f} MiB while streaming"
-
-
-async def busy_lookup_backends(database_url: str) -> int:
-    conn = await asyncpg.connect(database_url)
-    try:
-        count: int = await conn.fetchval(
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'eventindex' "
-            "AND state <> 'idle'"
-        )
-        return count
-    finally:
-        await conn.close()
 
 
 async def test_client_going_away_frees_connections(server: Server, database_url: str) -> None:
