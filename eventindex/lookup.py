@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import asyncpg
@@ -42,7 +42,7 @@ class BatchResult:
 async def lookup_batch(
     conn: Connection, runs: Sequence[int], events: Sequence[int], separator: str
 ) -> BatchResult:
-    """One query for the whole batch. Expects a connection from ``lookup_connections``."""
+    """One query for the whole batch. Expects a connection from ``lookup_connection``."""
     if not runs:
         return BatchResult(b"", 0, 0)
     with timed_query("lookup_batch"):
@@ -52,18 +52,11 @@ async def lookup_batch(
 
 
 @asynccontextmanager
-async def lookup_connections(
-    pool: asyncpg.Pool, count: int, timeout: float
-) -> AsyncIterator[list[Connection]]:
-    """``count`` pooled connections, each in a read-only transaction set up for lookups."""
-    async with AsyncExitStack() as stack:
-        conns: list[Connection] = []
-        for _ in range(count):
-            conn = await stack.enter_async_context(acquire(pool, timeout))
-            await stack.enter_async_context(conn.transaction(readonly=True))
-            await conn.execute(queries.LOOKUP_PLAN_SETTINGS)
-            conns.append(conn)
-        yield conns
+async def lookup_connection(pool: asyncpg.Pool, timeout: float) -> AsyncIterator[Connection]:
+    """A pooled connection in a read-only transaction set up for lookups."""
+    async with acquire(pool, timeout) as conn, conn.transaction(readonly=True):
+        await conn.execute(queries.LOOKUP_PLAN_SETTINGS)
+        yield conn
 
 
 async def lookup_on_pool(
@@ -76,11 +69,11 @@ async def lookup_on_pool(
     a restart while the service is idle or between batches goes unseen.
     """
     try:
-        async with lookup_connections(pool, 1, timeout) as (conn,):
+        async with lookup_connection(pool, timeout) as conn:
             return await lookup_batch(conn, runs, events, separator)
     except BROKEN_CONNECTION_ERRORS:
         await asyncio.sleep(_RETRY_PAUSE)
-    async with lookup_connections(pool, 1, timeout) as (conn,):
+    async with lookup_connection(pool, timeout) as conn:
         return await lookup_batch(conn, runs, events, separator)
 
 
