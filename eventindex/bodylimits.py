@@ -31,6 +31,8 @@ def too_large(limit: int) -> Problem:
         "body-too-large",
         "Request body too large",
         f"The request body exceeds {limit} bytes.",
+        # The rest of the body is not wanted: close rather than read and drop it all.
+        headers={"Connection": "close"},
     )
 
 

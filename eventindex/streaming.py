@@ -56,6 +56,8 @@ def _too_large_problem(limit: int) -> Problem:
         "body-too-large",
         "Request body too large",
         f"The request body exceeds the limit of {limit} bytes; split the input.",
+        # The rest of the body is not wanted: close rather than read and drop it all.
+        headers={"Connection": "close"},
     )
 
 
@@ -228,6 +230,7 @@ class LookupStream(Response):
                             "stream-idle",
                             "Request body stalled",
                             f"No more of the request body arrived for {idle:g} seconds.",
+                            headers={"Connection": "close"},
                         )
                     )
                     return

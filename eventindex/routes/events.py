@@ -187,6 +187,8 @@ def _body_too_large(limit: int) -> Problem:
         "Request body too large",
         f"The request body exceeds {limit} bytes; stream the pairs as NDJSON or text lines "
         f"with 'Accept: {NDJSON}' instead.",
+        # The rest of the body is not wanted: close rather than read and drop it all.
+        headers={"Connection": "close"},
     )
 
 
