@@ -18,12 +18,14 @@ from eventindex.auth import Authenticator
 from eventindex.bodylimits import BodyLimits
 from eventindex.config import Settings
 from eventindex.db import create_pool, forget_gate
+from eventindex.hostcheck import LoopbackHostsOnly
 from eventindex.metrics import Metrics
 from eventindex.problems import install_handlers
-from eventindex.ratelimit import RateLimit
+from eventindex.ratelimit import RateLimit, RateLimiter
 from eventindex.requestlog import RequestLog
 from eventindex.routes import catalogue, events, health, tokens, web
 from eventindex.routes import metrics as metrics_routes
+from eventindex.routes.tokens import TokenRequest
 from eventindex.schemas import LookupRequest, ProblemDetail
 from eventindex.secheaders import SecurityHeaders
 
@@ -35,6 +37,7 @@ _REF = "#/components/schemas/{model}"
 
 
 class State(TypedDict):
+    auth: Authenticator
     pool: asyncpg.Pool
     read_pool: asyncpg.Pool
     settings: Settings
@@ -66,7 +69,14 @@ def create_app(settings: Settings) -> FastAPI:
         metrics.pool = read_pool
         streams: set[asyncio.Task[Any]] = set()
         try:
-            yield {"pool": pool, "read_pool": read_pool, "settings": settings, "streams": streams}
+            async with Authenticator.open(settings) as auth:
+                yield {
+                    "auth": auth,
+                    "pool": pool,
+                    "read_pool": read_pool,
+                    "settings": settings,
+                    "streams": streams,
+                }
         finally:
             # The server has cancelled what outlived its grace period: let the streams
             # among them write their closing error line before the process goes.
@@ -88,16 +98,17 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.metrics = metrics
-    app.state.auth = Authenticator(settings)
     install_handlers(app)
     if settings.rate_limit_per_second > 0:
-        app.add_middleware(
-            RateLimit, per_second=settings.rate_limit_per_second, burst=settings.rate_limit_burst
-        )
+        limiter = RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst)
+        app.add_middleware(RateLimit, limiter=limiter)
     app.include_router(health.router)
     app.include_router(events.router)
     app.include_router(catalogue.router)
-    app.include_router(tokens.router)
+    if settings.auth_enabled:
+        # An open service has nobody to give tokens to: its tokens (for the day it is
+        # served with authentication) are made with the CLI, on the database's side.
+        app.include_router(tokens.router)
     if settings.metrics_enabled:
         app.include_router(metrics_routes.router)
     web.mount(app)
@@ -119,6 +130,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(
         SecurityHeaders, docs_paths=frozenset({"/docs", "/docs/oauth2-redirect", "/redoc"})
     )
+    if settings.loopback_only:
+        app.add_middleware(LoopbackHostsOnly)
     # Outermost: every request is timed and logged, errors and 429s included.
     app.add_middleware(RequestLog, metrics=metrics)
     _document_raw_bodies(app, credential_required=settings.auth_enabled)
@@ -137,7 +150,7 @@ def _document_raw_bodies(app: FastAPI, credential_required: bool) -> None:
                 routes=app.routes,
             )
             components = schema.setdefault("components", {}).setdefault("schemas", {})
-            for model in (LookupRequest, ProblemDetail):
+            for model in (LookupRequest, ProblemDetail, TokenRequest):
                 model_schema = model.model_json_schema(ref_template=_REF)
                 components.update(model_schema.pop("$defs", {}))
                 components[model.__name__] = model_schema

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import sys
 import tempfile
@@ -35,7 +36,9 @@ def load_settings(**overrides: Any) -> Settings:
         raise CliError(describe_validation_error(exc), 2) from None
 
 
-def resolve_database(settings: Settings) -> tuple[Settings, Any]:
+def resolve_database(
+    settings: Settings, say: Callable[[str], None] | None = None
+) -> tuple[Settings, Any]:
     """The configured database, or an embedded one started now under data_dir."""
     if settings.database_url is not None:
         return settings, None
@@ -47,7 +50,11 @@ def resolve_database(settings: Settings) -> tuple[Settings, Any]:
         server, url = embedded.start(settings.data_dir)
     except embedded.EmbeddedError as exc:
         raise CliError(str(exc)) from None
-    print(f"eventindex: embedded PostgreSQL in {settings.data_dir.resolve()}", file=sys.stderr)
+    message = f"embedded PostgreSQL in {settings.data_dir.resolve()}"
+    if say is None:
+        print(f"eventindex: {message}", file=sys.stderr)
+    else:
+        say(message)
     return settings.model_copy(update={"database_url": url}), server
 
 
@@ -98,23 +105,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
         ssl_keyfile=args.ssl_keyfile,
         ssl_ca_certs=args.ssl_ca_certs,
     )
-    settings, _server = resolve_database(settings)
+    level = settings.log_level.value
+    configure_logging(level, settings.json_logs)
+    log = logging.getLogger("eventindex")
+    settings, _server = resolve_database(settings, log.info)
     assert settings.database_url is not None
     if args.migrate or args.demo:
         applied = asyncio.run(_migrate(settings.database_url))
         if applied:
-            print("eventindex: applied migrations " + ", ".join(applied), file=sys.stderr)
+            log.info("applied migrations %s", ", ".join(applied))
     if args.demo:
         asyncio.run(_load_demo(settings.database_url, settings.data_dir))
         base = f"http://{settings.host}:{settings.port}"
-        print(f"eventindex: try  curl {base}/v1/events/RUN/EVENT", file=sys.stderr)
-    level = settings.log_level.value
-    configure_logging(level, settings.json_logs)
-    print(
-        f"eventindex: serving on http://{settings.host}:{settings.port} "
-        f"(API docs at http://{settings.host}:{settings.port}/docs)",
-        file=sys.stderr,
-    )
+        log.info("try  curl %s/v1/events/RUN/EVENT", base)
+    announce(settings)
     server_options: dict[str, Any] = {
         "host": settings.host,
         "port": settings.port,
@@ -153,6 +157,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     uvicorn.run(create_app(settings), **server_options)
     return 0
+
+
+def announce(settings: Settings) -> None:
+    """The banner, and one warning for each surface left open to anyone. Logged, so that
+    with JSON logs every line is JSON."""
+    log = logging.getLogger("eventindex")
+    scheme = "https" if settings.ssl_certfile is not None else "http"
+    base = f"{scheme}://{settings.host}:{settings.port}"
+    docs = f" (API docs at {base}/docs)" if settings.docs_enabled else ""
+    log.info("serving on %s in %s mode%s", base, settings.mode.value, docs)
+    for surface in settings.open_surfaces():
+        log.warning("open to anyone: %s", surface)
 
 
 def tls_options(settings: Settings) -> dict[str, Any]:
@@ -198,7 +214,7 @@ def cmd_token(args: argparse.Namespace) -> int:
                 print(token)
             elif args.token_command == "list":
                 for r in await tokens.list_all(conn):
-                    state = "revoked" if r["revoked_at"] else "active"
+                    state = r["state"]
                     until = r["expires_at"].isoformat() if r["expires_at"] else "never"
                     used = r["last_used_at"].isoformat() if r["last_used_at"] else "never"
                     print(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from enum import StrEnum
 from pathlib import Path
@@ -67,14 +68,37 @@ class Settings(BaseSettings):
     auth_required: bool | None = Field(
         default=None, description="require a credential on /v1 (default: in production mode)"
     )
+    allow_open_service: bool = Field(
+        default=False,
+        description="let a service without authentication listen on a network address, "
+        "answer any Host, or run in production mode; without it an open service serves "
+        "only its own machine (docs/security.md)",
+    )
     docs_enabled: bool = Field(default=True, description="serve /docs and /openapi.json")
     oidc_issuer: str | None = Field(default=None, description="JWT issuer (iss) to accept")
     oidc_audience: str | None = Field(default=None, description="JWT audience (aud) to accept")
-    oidc_jwks_url: str | None = Field(default=None, description="where the issuer's keys are")
+    oidc_jwks_url: str | None = Field(
+        default=None, description="where the issuer's keys are (https)"
+    )
+    oidc_allow_http_jwks: bool = Field(
+        default=False, description="accept a plain-http JWKS URL (for a test provider only)"
+    )
     oidc_scope_claim: str = Field(default="scope", description="claim holding scopes or groups")
     oidc_jwks_refresh_cooldown: Annotated[float, Field(ge=0)] = Field(
         default=30.0,
-        description="least seconds between refetches of the keys for an unknown key id",
+        description="least seconds between two fetches of the keys caused by unknown key "
+        "ids or failed fetches",
+    )
+    oidc_jwks_refresh_minutes: Annotated[float, Field(gt=0)] = Field(
+        default=10.0,
+        description="the keys are fetched again at least this often; a key gone from the "
+        "latest fetch is refused from then on",
+    )
+    oidc_jwks_timeout: Annotated[float, Field(gt=0, le=60)] = Field(
+        default=5.0, description="seconds one fetch of the keys may take"
+    )
+    oidc_leeway_seconds: Annotated[int, Field(ge=0, le=600)] = Field(
+        default=30, description="clock skew allowed when checking a JWT's exp and nbf"
     )
     oidc_scope_map: dict[str, list[str]] = Field(
         default_factory=_default_scope_map,
@@ -194,7 +218,56 @@ class Settings(BaseSettings):
         for scopes in self.oidc_scope_map.values():
             if not set(scopes) <= {"read", "write", "admin"}:
                 raise ValueError("oidc_scope_map maps to the scopes read, write and admin")
+        if self.oidc_jwks_url is not None:
+            scheme = self.oidc_jwks_url.split(":", 1)[0].lower()
+            if scheme != "https" and not (scheme == "http" and self.oidc_allow_http_jwks):
+                raise ValueError(
+                    "oidc_jwks_url must be an https URL (EVENTINDEX_OIDC_ALLOW_HTTP_JWKS=true "
+                    "allows http for a test provider)"
+                )
+        self._open_service_allowed()
         return self._pool_sizes()
+
+    def _open_service_allowed(self) -> None:
+        if self.auth_enabled or self.allow_open_service:
+            return
+        if self.mode == Mode.PRODUCTION:
+            raise ValueError(
+                "production mode with authentication off would serve everyone: unset "
+                "EVENTINDEX_AUTH_REQUIRED, or set EVENTINDEX_ALLOW_OPEN_SERVICE=true if an "
+                "open service is really wanted"
+            )
+        if not is_loopback_host(self.host):
+            raise ValueError(
+                f"EVENTINDEX_HOST {self.host!r} is a network address, and without "
+                f"authentication the service serves only this machine (use 127.0.0.1, "
+                f"production mode, or EVENTINDEX_ALLOW_OPEN_SERVICE=true for an open "
+                f"network service)"
+            )
+
+    @property
+    def loopback_only(self) -> bool:
+        """An open service answers only requests addressed to this machine."""
+        return not self.auth_enabled and not self.allow_open_service
+
+    def open_surfaces(self) -> list[str]:
+        """What this configuration leaves open to anyone who reaches it, one line each."""
+        surfaces = []
+        if not self.auth_enabled:
+            surfaces.append(
+                "authentication is off: anyone who reaches the service may read the catalogue"
+            )
+        if self.docs_enabled:
+            surfaces.append(
+                "the API documentation (/docs, /redoc, /openapi.json) is served to anyone "
+                "(EVENTINDEX_DOCS_ENABLED=false turns it off)"
+            )
+        if self.metrics_enabled and self.metrics_token is None:
+            surfaces.append(
+                "/metrics is served without a token (set EVENTINDEX_METRICS_TOKEN, or "
+                "EVENTINDEX_METRICS_ENABLED=false)"
+            )
+        return surfaces
 
     def _pool_sizes(self) -> Settings:
         if self.pool_min_size > self.pool_max_size:
@@ -204,11 +277,25 @@ class Settings(BaseSettings):
         return self
 
 
+def is_loopback_host(host: str) -> bool:
+    """Whether ``host`` (a name or address, as a listener or a Host header has it) is this
+    machine's loopback: ``localhost``, ``*.localhost``, 127.0.0.0/8, ``::1``."""
+    name = host.strip().lower().rstrip(".")
+    if name.startswith("[") and name.endswith("]"):
+        name = name[1:-1]
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
 def describe_validation_error(exc: ValidationError) -> str:
     """One line naming each bad setting by its environment variable."""
     parts = []
     for err in exc.errors():
         loc = "_".join(str(p) for p in err["loc"]).upper()
-        name = f"EVENTINDEX_{loc}" if loc else "settings"
-        parts.append(f"{name}: {err['msg']}")
+        message = err["msg"].removeprefix("Value error, ")
+        parts.append(f"EVENTINDEX_{loc}: {message}" if loc else message)
     return "invalid settings: " + "; ".join(parts)
