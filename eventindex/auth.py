@@ -3,22 +3,24 @@
 API tokens (``ei_...``) are random, shown once, and kept only as a SHA-256 digest:
 the digest of a high-entropy secret is looked up by an index, so there is no
 comparison whose timing depends on the secret. JWTs are checked against the
-issuer's published keys (fetched and cached; an unknown key id refetches them,
-so rotated keys are picked up): signature, ``exp``, ``nbf``, ``iss``, ``aud``;
-a claim (``scope`` or ``groups``) is mapped to EventIndex scopes by settings.
+issuer's published keys (``jwks``: exactly the keys of its latest fetch):
+signature, ``exp``, ``nbf``, ``iss``, ``aud``, ``sub``; a claim (``scope`` or
+``groups``, a string or a list of strings) is mapped to EventIndex scopes by
+settings.
 Credentials never reach the logs.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Annotated
 
+import httpx
 import jwt
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -26,7 +28,9 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from eventindex import queries
 from eventindex.config import Settings
 from eventindex.db import acquire
+from eventindex.jwks import JwksCache, KeysUnavailable, UnknownKey
 from eventindex.problems import Problem
+from eventindex.ratelimit import charge_of
 
 SCOPES = ("read", "write", "admin")
 TOKEN_PREFIX = "ei_"
@@ -75,53 +79,114 @@ def _unauthorized(detail: str, error: str = "invalid_token") -> Problem:
 
 
 class JwtVerifier:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, client: httpx.AsyncClient) -> None:
         if not (settings.oidc_jwks_url and settings.oidc_issuer and settings.oidc_audience):
             raise ValueError("JWT verification needs an issuer, an audience and a JWKS URL")
         self.issuer = settings.oidc_issuer
         self.audience = settings.oidc_audience
         self.claim = settings.oidc_scope_claim
         self.scope_map = settings.oidc_scope_map
-        self.keys = jwt.PyJWKClient(
+        self.leeway = settings.oidc_leeway_seconds
+        self.keys = JwksCache(
             settings.oidc_jwks_url,
-            cache_keys=True,
-            lifespan=300,
-            cooldown_duration=settings.oidc_jwks_refresh_cooldown,
+            client,
+            refresh_interval=settings.oidc_jwks_refresh_minutes * 60,
+            cooldown=settings.oidc_jwks_refresh_cooldown,
+            timeout=settings.oidc_jwks_timeout,
         )
 
     async def verify(self, token: str) -> Principal:
         try:
-            # Fetching keys is blocking I/O (cached; refetched for an unknown key id).
-            key = await asyncio.to_thread(self.keys.get_signing_key_from_jwt, token)
+            kid = jwt.get_unverified_header(token).get("kid")
+        except jwt.InvalidTokenError:
+            raise _unauthorized("The credential is not a well-formed JWT.") from None
+        if not isinstance(kid, str) or not kid:
+            raise _unauthorized("The JWT names no signing key (kid).")
+        try:
+            key = await self.keys.key(kid)
+        except KeysUnavailable:
+            raise Problem(
+                503,
+                "identity-provider-unavailable",
+                "Identity provider unavailable",
+                "The identity provider's signing keys cannot be fetched now; retry later.",
+                headers={"Retry-After": str(self.keys.retry_after)},
+            ) from None
+        except UnknownKey:
+            raise _unauthorized(
+                "The JWT is signed with a key the issuer does not publish."
+            ) from None
+        try:
             claims = jwt.decode(
                 token,
                 key.key,
                 algorithms=_JWT_ALGORITHMS,
                 audience=self.audience,
                 issuer=self.issuer,
-                options={"require": ["exp", "iss", "aud"]},
-                leeway=30,
+                options={"require": ["exp", "iss", "aud", "sub"]},
+                leeway=self.leeway,
             )
         except jwt.ExpiredSignatureError:
             raise _unauthorized("The token has expired.") from None
-        except (jwt.PyJWKClientError, jwt.InvalidTokenError) as exc:
+        except jwt.InvalidTokenError as exc:
             raise _unauthorized(f"The token is not valid here ({type(exc).__name__}).") from None
-        granted = claims.get(self.claim, [])
-        values = granted.split() if isinstance(granted, str) else list(granted)
-        scopes = frozenset(s for v in values for s in self.scope_map.get(str(v), []))
-        return Principal(str(claims.get("sub", "?")), scopes, "jwt")
+        subject = claims["sub"]
+        if not isinstance(subject, str) or not subject:
+            raise _unauthorized("The JWT's subject (sub) is not a string.")
+        return Principal(subject, self._scopes(claims.get(self.claim)), "jwt")
+
+    def _scopes(self, granted: object) -> frozenset[str]:
+        if granted is None:
+            values: list[str] = []
+        elif isinstance(granted, str):
+            values = granted.split()
+        elif isinstance(granted, list) and all(isinstance(v, str) for v in granted):
+            values = granted
+        else:
+            # Anything else (a number, an object whose keys look like scopes) is a
+            # provider we do not understand: grant nothing rather than guess.
+            raise _unauthorized(
+                f"The JWT's {self.claim!r} claim is neither a string nor a list of strings."
+            )
+        return frozenset(s for v in values for s in self.scope_map.get(v, []))
 
 
 class Authenticator:
-    def __init__(self, settings: Settings) -> None:
+    """Checks bearer credentials. Made by :meth:`open` in the lifespan, which owns the
+    HTTP client that fetches the identity provider's keys."""
+
+    def __init__(self, settings: Settings, client: httpx.AsyncClient | None) -> None:
         self.required = settings.auth_enabled
         self.timeout = settings.pool_acquire_timeout
-        self.jwt = JwtVerifier(settings) if settings.oidc_enabled else None
+        self.jwt = JwtVerifier(settings, client) if client is not None else None
+
+    @classmethod
+    @asynccontextmanager
+    async def open(cls, settings: Settings) -> AsyncIterator[Authenticator]:
+        if not settings.oidc_enabled:
+            yield cls(settings, None)
+            return
+        async with httpx.AsyncClient(
+            timeout=settings.oidc_jwks_timeout, follow_redirects=False, trust_env=False
+        ) as client:
+            yield cls(settings, client)
 
     async def identify(self, request: Request) -> Principal | None:
         header = request.headers.get("authorization")
         if header is None:
             return None
+        charge = charge_of(request.scope)
+        try:
+            principal = await self._check(request, header)
+        except Problem as problem:
+            if charge is not None and problem.status == 401:
+                charge.failure()
+            raise
+        if charge is not None:
+            charge.principal(principal.kind, principal.name)
+        return principal
+
+    async def _check(self, request: Request, header: str) -> Principal:
         scheme, _, credential = header.partition(" ")
         credential = credential.strip()
         if scheme.lower() != "bearer" or not credential:
@@ -136,8 +201,9 @@ class Authenticator:
         if self.jwt is not None:
             try:
                 return await self.jwt.verify(credential)
-            except Problem:
-                self._failed(request, "JWT rejected")
+            except Problem as problem:
+                if problem.status == 401:
+                    self._failed(request, "JWT rejected")
                 raise
         self._failed(request, "not an API token, and JWTs are not configured")
         raise _unauthorized("The credential is not an EventIndex API token.")
@@ -155,7 +221,7 @@ def require(scope: str) -> Callable[..., Awaitable[Principal]]:
         request: Request,
         _documented: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)],
     ) -> Principal:
-        auth: Authenticator = request.app.state.auth
+        auth: Authenticator = request.state.auth
         principal = await auth.identify(request)
         if principal is None:
             if not auth.required:
