@@ -12,6 +12,7 @@ from eventindex import queries
 from eventindex.db import UNAVAILABLE_ERRORS, PoolDep, SettingsDep, acquire
 from eventindex.metrics import Metrics
 from eventindex.problems import Problem, problem_responses
+from eventindex.ratelimit import charge_of
 
 router = APIRouter(tags=["operations"])
 
@@ -32,7 +33,10 @@ async def metrics(request: Request, pool: PoolDep, settings: SettingsDep) -> Res
     if settings.metrics_token is not None:
         expected = "Bearer " + settings.metrics_token.get_secret_value()
         given = request.headers.get("authorization", "")
+        charge = charge_of(request.scope)
         if not hmac.compare_digest(given.encode(), expected.encode()):
+            if charge is not None:
+                charge.failure()
             raise Problem(
                 401,
                 "unauthorized",
@@ -40,6 +44,8 @@ async def metrics(request: Request, pool: PoolDep, settings: SettingsDep) -> Res
                 "/metrics wants the metrics token as 'Authorization: Bearer <token>'.",
                 headers={"WWW-Authenticate": "Bearer"},
             )
+        if charge is not None:
+            charge.principal("metrics", "scraper")
     registry: Metrics = request.app.state.metrics
     try:
         async with acquire(pool, 2.0) as conn:
