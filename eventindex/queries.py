@@ -302,7 +302,10 @@ SELECT name, scopes FROM found
 """
 
 LIST_TOKENS = """
-SELECT name, scopes, created_at, expires_at, last_used_at, revoked_at
+SELECT name, scopes, created_at, expires_at, last_used_at, revoked_at,
+       CASE WHEN revoked_at IS NOT NULL THEN 'revoked'
+            WHEN expires_at <= now() THEN 'expired'
+            ELSE 'active' END AS state
 FROM api_tokens ORDER BY name
 """
 

@@ -26,7 +26,10 @@ _COMMON = [
 ]
 _STRICT = [*_COMMON, (b"content-security-policy", CONTENT_SECURITY_POLICY.encode())]
 _DOCS = [*_COMMON, (b"content-security-policy", _DOCS_POLICY.encode())]
-_NAMES = {name for name, _ in _STRICT}
+# Over HTTPS (served directly, or behind a trusted proxy that says so): browsers must
+# not fall back to plain http for a year.
+_HSTS = [(b"strict-transport-security", b"max-age=31536000")]
+_NAMES = {name for name, _ in _STRICT} | {_HSTS[0][0]}
 
 
 class SecurityHeaders:
@@ -39,6 +42,8 @@ class SecurityHeaders:
             await self.app(scope, receive, send)
             return
         extra = _DOCS if scope.get("path") in self.docs_paths else _STRICT
+        if scope.get("scheme") == "https":
+            extra = extra + _HSTS
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":

@@ -16,7 +16,14 @@ from eventindex.db import Connection
 _DURATION = re.compile(r"^(\d+)([dhm])$")
 
 
+NAME_PATTERN = r"^[A-Za-z0-9._@-]{1,100}$"
+
+
 class TokenError(ValueError):
+    pass
+
+
+class TokenExists(TokenError):
     pass
 
 
@@ -34,7 +41,10 @@ def parse_expiry(text: str | None, now: datetime | None = None) -> datetime | No
         when = datetime.fromisoformat(text)
     except ValueError:
         raise TokenError(f"expiry {text!r} is neither like 30d, 12h, 45m nor an ISO date") from None
-    return when if when.tzinfo else when.replace(tzinfo=UTC)
+    when = when if when.tzinfo else when.replace(tzinfo=UTC)
+    if when <= now:
+        raise TokenError(f"expiry {text!r} is not in the future")
+    return when
 
 
 async def create(
@@ -44,7 +54,7 @@ async def create(
     unknown = set(scopes) - set(SCOPES)
     if not scopes or unknown:
         raise TokenError(f"scopes must be some of {', '.join(SCOPES)}")
-    if not re.fullmatch(r"[A-Za-z0-9._@-]{1,100}", name):
+    if not re.fullmatch(NAME_PATTERN, name):
         raise TokenError("a token name is 1-100 letters, digits and . _ @ -")
     token = new_token()
     try:
@@ -52,7 +62,7 @@ async def create(
             queries.CREATE_TOKEN, name, token_digest(token), sorted(set(scopes)), expires_at
         )
     except asyncpg.UniqueViolationError:
-        raise TokenError(f"a token named {name!r} exists already") from None
+        raise TokenExists(f"a token named {name!r} exists already") from None
     assert row is not None
     return token, dict(row)
 

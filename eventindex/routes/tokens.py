@@ -1,13 +1,14 @@
-"""Token management for holders of the admin scope."""
+"""Token management for holders of the admin scope (only when authentication is on)."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Path
+from fastapi import APIRouter, Depends, Path, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
-from pydantic import BaseModel, Field
+from pydantic import AwareDatetime, BaseModel, Field, ValidationError, field_validator
 
 from eventindex import tokens
 from eventindex.auth import require
@@ -15,18 +16,31 @@ from eventindex.db import PoolDep, SettingsDep, acquire
 from eventindex.problems import Problem, problem_responses
 
 router = APIRouter(prefix="/v1/tokens", tags=["tokens"], dependencies=[Depends(require("admin"))])
-_NAME = r"^[A-Za-z0-9._@-]{1,100}$"
 
 
 class TokenRequest(BaseModel):
-    name: str = Field(pattern=_NAME, examples=["grid-picking"])
+    name: str = Field(pattern=tokens.NAME_PATTERN, examples=["grid-picking"])
     scopes: list[Literal["read", "write", "admin"]] = Field(min_length=1, examples=[["read"]])
-    expires_at: datetime | None = None
+    # Strict: an RFC 3339 string with its offset; a number (read as Unix time by lax
+    # parsing) is refused.
+    expires_at: Annotated[AwareDatetime | None, Field(strict=True)] = Field(
+        default=None,
+        description="RFC 3339 date-time with an offset, in the future; null for never",
+        examples=["2027-06-30T00:00:00Z"],
+    )
+
+    @field_validator("expires_at")
+    @classmethod
+    def _in_future(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value <= datetime.now(UTC):
+            raise ValueError("expires_at must be in the future")
+        return value
 
 
 class TokenInfo(BaseModel):
     name: str
     scopes: list[str]
+    state: Literal["active", "expired", "revoked"]
     created_at: datetime
     expires_at: datetime | None
     last_used_at: datetime | None = None
@@ -35,6 +49,32 @@ class TokenInfo(BaseModel):
 
 class NewToken(TokenInfo):
     token: str = Field(description="The token itself: shown this once, never stored")
+
+
+_TOKEN_BODY_DOC: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/TokenRequest"}}},
+    }
+}
+
+
+async def read_token_request(request: Request) -> TokenRequest:
+    """The body, read only now: the router's ``require('admin')`` has run first, so an
+    anonymous caller's body is never read (FastAPI reads declared bodies before it
+    solves dependencies)."""
+    raw = await request.body()
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise Problem(
+            400, "undecodable-body", "Undecodable body", "The request body is not UTF-8."
+        ) from None
+    try:
+        return TokenRequest.model_validate_json(raw)
+    except ValidationError as exc:
+        errors = [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]
+        raise RequestValidationError(errors) from None
 
 
 @router.post(
@@ -52,17 +92,18 @@ class NewToken(TokenInfo):
         },
         **problem_responses(400, 401, 403, 408, 409, 413, 422, 503),
     },
+    openapi_extra=_TOKEN_BODY_DOC,
 )
-async def create_token(body: TokenRequest, pool: PoolDep, settings: SettingsDep) -> Any:
+async def create_token(request: Request, pool: PoolDep, settings: SettingsDep) -> Any:
+    body = await read_token_request(request)
     async with acquire(pool, settings.pool_acquire_timeout) as conn:
         try:
             token, record = await tokens.create(conn, body.name, body.scopes, body.expires_at)
+        except tokens.TokenExists as exc:
+            raise Problem(409, "token-exists", "Token exists", str(exc)) from None
         except tokens.TokenError as exc:
-            status = 409 if "exists" in str(exc) else 422
-            raise Problem(
-                status, "invalid-token-request", "Invalid token request", str(exc)
-            ) from None
-    return {**record, "token": token}
+            raise Problem(422, "invalid-token-request", "Invalid token request", str(exc)) from None
+    return {**record, "state": "active", "token": token}
 
 
 @router.get("", response_model=list[TokenInfo], responses=problem_responses(401, 403, 503))
@@ -73,7 +114,7 @@ async def list_tokens(pool: PoolDep, settings: SettingsDep) -> Any:
 
 @router.delete("/{name}", status_code=204, responses=problem_responses(401, 403, 404, 422, 503))
 async def revoke_token(
-    name: Annotated[str, Path(pattern=_NAME)],
+    name: Annotated[str, Path(pattern=tokens.NAME_PATTERN)],
     pool: PoolDep,
     settings: SettingsDep,
 ) -> Response:
