@@ -40,7 +40,7 @@ def parse_bits(names: dict[str, int], text: str | None, param: str) -> int:
         item = item.strip()
         if not item:
             continue
-        if item.isdigit() and int(item) in names.values():
+        if item.isascii() and item.isdigit() and int(item) in names.values():
             bit = int(item)
         elif item in names:
             bit = names[item]

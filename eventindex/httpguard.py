@@ -75,6 +75,7 @@ class GuardedProtocol(HttpToolsProtocol):
         self._head_timer: asyncio.TimerHandle | None = None
         self._in_head = True
         self._head_bytes = 0
+        self._parsed_head_bytes = 0
         self._head_count = 0
         self._refused = False
         self._seen_bytes = False
@@ -122,9 +123,16 @@ class GuardedProtocol(HttpToolsProtocol):
         super().on_message_begin()
         self._in_head = True
         self._head_bytes = 0
+        self._parsed_head_bytes = 0
         self._head_count = 0
         if self._head_timer is None:
             self._arm_head_timer()
+
+    def on_url(self, url: bytes) -> None:
+        if self._refused:
+            return
+        self._count_parsed(len(url))
+        super().on_url(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if self._refused:
@@ -134,7 +142,16 @@ class GuardedProtocol(HttpToolsProtocol):
             self._too_large(f"more than {self._limits.max_headers} header fields")
             # Stops the parser; send_400_response above keeps quiet about it.
             raise _Refused
+        self._count_parsed(len(name) + len(value) + 4)  # ": " and CRLF
         super().on_header(name, value)
+
+    def _count_parsed(self, n: int) -> None:
+        # The head as the parser sees it, however it arrived: a whole head in one read
+        # passes data_received's count (which checks between reads) but not this one.
+        self._parsed_head_bytes += n
+        if self._parsed_head_bytes > self._limits.max_header_bytes:
+            self._too_large(f"more than {self._limits.max_header_bytes} bytes")
+            raise _Refused
 
     def on_headers_complete(self) -> None:
         if self._refused:

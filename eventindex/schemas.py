@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Annotated, Any
 from uuid import UUID
@@ -20,6 +21,23 @@ from eventindex.config import MAX_EVENT_NUMBER, MAX_RUN_NUMBER
 
 RunNumber = Annotated[int, Field(ge=0, le=MAX_RUN_NUMBER, strict=True, examples=[1234])]
 EventNumber = Annotated[int, Field(ge=0, le=MAX_EVENT_NUMBER, strict=True, examples=[56789])]
+
+
+_ASCII_INTEGER = re.compile(r"-?[0-9]+")
+
+
+def ascii_integer(value: Any) -> Any:
+    """A number in a path or query is written with the digits 0-9 only (and a leading minus
+    where negatives mean something): no superscript, Arabic-Indic or fullwidth digits, no
+    ``1_000``, ``+1`` or spaces, which Python or pydantic would otherwise read as numbers."""
+    if isinstance(value, str) and _ASCII_INTEGER.fullmatch(value) is None:
+        raise ValueError("must be a whole number written with the digits 0-9")
+    return value
+
+
+# After the Path/Query in an Annotated parameter (placed before it, FastAPI documents
+# the bounds under names JSON Schema does not know).
+ASCII_DIGITS = BeforeValidator(ascii_integer)
 
 
 def _integral(value: Any) -> Any:

@@ -108,7 +108,8 @@ class Shard:
         return cls(
             name=name,
             host=host,
-            port=port or (int(query_port) if query_port.isdigit() else 5432),
+            port=port
+            or (int(query_port) if query_port.isascii() and query_port.isdigit() else 5432),
             dbname=unquote(parts.path.lstrip("/")) or "postgres",
             username=unquote(parts.username or "postgres"),
             password=unquote(parts.password) if parts.password else None,
@@ -470,3 +471,7 @@ def describe(shard_map: ShardMap) -> Iterable[str]:
     for name, shard in sorted(shard_map.shards.items()):
         slots = [str(i) for i, owner in enumerate(shard_map.slots) if owner == name]
         yield f"{name}\t{shard.address}\tslots {','.join(slots) or '-'}"
+
+
+def _digits(text: str) -> bool:
+    return text.isascii() and text.isdigit()

@@ -16,6 +16,7 @@ from eventindex.config import MAX_EVENT_NUMBER, MAX_RUN_NUMBER
 from eventindex.db import ReadPoolDep, SettingsDep, acquire
 from eventindex.problems import Problem, problem_responses
 from eventindex.schemas import (
+    ASCII_DIGITS,
     ConsistencyReport,
     DatasetPage,
     DatasetSummary,
@@ -65,11 +66,11 @@ _FILE = "/v1/files/{fuid}"
 _RUN = "/v1/runs/{run}"
 _EVENT = "/v1/events/{run_number}/{event_number}"
 
-Run = Annotated[int, Path(ge=0, le=MAX_RUN_NUMBER)]
-DatasetId = Annotated[int, Path(ge=0, le=MAX_RUN_NUMBER)]
-Limit = Annotated[int, Query(ge=1, le=1000)]
-RunMin = Annotated[int | None, Query(ge=0, le=MAX_RUN_NUMBER)]
-DatasetFilter = Annotated[int | None, Query(ge=0, le=MAX_RUN_NUMBER)]
+Run = Annotated[int, Path(ge=0, le=MAX_RUN_NUMBER), ASCII_DIGITS]
+DatasetId = Annotated[int, Path(ge=0, le=MAX_RUN_NUMBER), ASCII_DIGITS]
+Limit = Annotated[int, Query(ge=1, le=1000), ASCII_DIGITS]
+RunMin = Annotated[int | None, Query(ge=0, le=MAX_RUN_NUMBER), ASCII_DIGITS]
+DatasetFilter = Annotated[int | None, Query(ge=0, le=MAX_RUN_NUMBER), ASCII_DIGITS]
 Bits = Annotated[str | None, Query(max_length=1000, description="decision names, comma-separated")]
 
 
@@ -86,7 +87,7 @@ Bits = Annotated[str | None, Query(max_length=1000, description="decision names,
 async def list_datasets(
     pool: ReadPoolDep,
     settings: SettingsDep,
-    after: Annotated[int, Query(ge=-1, le=MAX_RUN_NUMBER)] = -1,
+    after: Annotated[int, Query(ge=-1, le=MAX_RUN_NUMBER), ASCII_DIGITS] = -1,
     limit: Limit = 100,
 ) -> Any:
     """Datasets with event and file counts, run range and load times, by id."""
@@ -117,7 +118,7 @@ async def list_dataset_files(
     dataset: DatasetId,
     pool: ReadPoolDep,
     settings: SettingsDep,
-    after_run: Annotated[int, Query(ge=-1, le=MAX_RUN_NUMBER)] = -1,
+    after_run: Annotated[int, Query(ge=-1, le=MAX_RUN_NUMBER), ASCII_DIGITS] = -1,
     after_fuid: UUID = _NIL_UUID,
     limit: Limit = 100,
 ) -> Any:
@@ -198,7 +199,7 @@ async def file_events(fuid: UUID, pool: ReadPoolDep, settings: SettingsDep) -> S
 async def list_runs(
     pool: ReadPoolDep,
     settings: SettingsDep,
-    after: Annotated[int, Query(ge=-1, le=MAX_RUN_NUMBER)] = -1,
+    after: Annotated[int, Query(ge=-1, le=MAX_RUN_NUMBER), ASCII_DIGITS] = -1,
     dataset: DatasetFilter = None,
     limit: Limit = 100,
 ) -> Any:
@@ -270,8 +271,8 @@ async def selection_events(
     selection: SelectionDep,
     pool: ReadPoolDep,
     settings: SettingsDep,
-    after_run: Annotated[int, Query(ge=-1, le=MAX_RUN_NUMBER)] = -1,
-    after_event: Annotated[int, Query(ge=-1, le=MAX_EVENT_NUMBER)] = -1,
+    after_run: Annotated[int, Query(ge=-1, le=MAX_RUN_NUMBER), ASCII_DIGITS] = -1,
+    after_event: Annotated[int, Query(ge=-1, le=MAX_EVENT_NUMBER), ASCII_DIGITS] = -1,
 ) -> StreamingResponse:
     """The selected events as NDJSON in (run, event) order; to resume, pass the last
     delivered run and event as ``after_run``/``after_event``. Scans the run range."""

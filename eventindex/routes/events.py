@@ -17,7 +17,7 @@ from eventindex.config import MAX_EVENT_NUMBER, MAX_RUN_NUMBER, Settings
 from eventindex.db import ReadPoolDep, SettingsDep
 from eventindex.pairs import PairParser, PairSyntaxError
 from eventindex.problems import Problem, problem_responses, validation_problem
-from eventindex.schemas import Event, LookupResponse, parse_lookup_request
+from eventindex.schemas import ASCII_DIGITS, Event, LookupResponse, parse_lookup_request
 from eventindex.streaming import NDJSON, LookupStream, syntax_problem
 
 router = APIRouter(prefix="/v1", tags=["event picking"], dependencies=[Depends(require("read"))])
@@ -39,8 +39,8 @@ _LINE_TYPES = {
     responses=problem_responses(401, 403, 404, 422, 503),
 )
 async def get_event(
-    run_number: Annotated[int, Path(ge=0, le=MAX_RUN_NUMBER, examples=[1234])],
-    event_number: Annotated[int, Path(ge=0, le=MAX_EVENT_NUMBER, examples=[56789])],
+    run_number: Annotated[int, Path(ge=0, le=MAX_RUN_NUMBER, examples=[1234]), ASCII_DIGITS],
+    event_number: Annotated[int, Path(ge=0, le=MAX_EVENT_NUMBER, examples=[56789]), ASCII_DIGITS],
     pool: ReadPoolDep,
     settings: SettingsDep,
 ) -> Response:
