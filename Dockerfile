@@ -1,26 +1,36 @@
 # syntax=docker/dockerfile:1
-# EventIndex service image. Not built in CI (no Docker engine there): tests/test_deploy_files.py
-# checks that what this file names exists in the project.
+# EventIndex service image, production mode by default (authentication on /v1, JSON logs).
+# The test suite builds and runs it with podman (tests/test_image.py: health, non-root user,
+# JSON logs, anonymous /v1 requests refused) on a base image it makes with debootstrap, passed
+# as BASE; tests/test_deploy_files.py checks that what this file names exists in the project.
+#   docker build -t eventindex .                        (on python:3.11-slim)
+#   docker build --build-arg BASE=IMAGE -t eventindex .  (any base with python >= 3.11 as `python`)
+ARG BASE=python:3.11-slim
 
 # --- build: install the project and its pinned dependencies into a virtualenv ---------------
-FROM python:3.11-slim AS build
+FROM ${BASE} AS build
 WORKDIR /src
 RUN python -m venv /opt/eventindex
 ENV PATH=/opt/eventindex/bin:$PATH
-COPY pyproject.toml constraints.txt README.md ./
+# The pinned dependencies first, in a layer of their own: a change to the code alone reuses it.
+COPY pyproject.toml constraints.txt ./
+RUN pip install --no-cache-dir --upgrade pip \
+ && python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" > /tmp/requirements.txt \
+ && pip install --no-cache-dir -c constraints.txt -r /tmp/requirements.txt
+COPY README.md ./
 COPY eventindex ./eventindex
 COPY tools ./tools
 COPY migrations ./migrations
-RUN pip install --no-cache-dir --upgrade pip \
- && pip install --no-cache-dir -c constraints.txt .
+RUN pip install --no-cache-dir -c constraints.txt .
 
 # --- runtime: the virtualenv only, as an unprivileged user -------------------------------
-FROM python:3.11-slim
+FROM ${BASE}
 RUN useradd --system --uid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin eventindex
 COPY --from=build /opt/eventindex /opt/eventindex
 ENV PATH=/opt/eventindex/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
+    EVENTINDEX_MODE=production \
     EVENTINDEX_HOST=0.0.0.0 \
     EVENTINDEX_PORT=8000 \
     EVENTINDEX_LOG_FORMAT=json

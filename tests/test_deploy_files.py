@@ -66,8 +66,34 @@ def test_compose_service_graph(compose: dict[str, Any]) -> None:
             "migrate": {"condition": "service_completed_successfully"}
         }
     assert services["demo-data"]["profiles"] == ["demo-data"]
-    assert services["api"]["ports"] == ["8000:8000"]
     assert services["api"]["environment"]["EVENTINDEX_PORT"] == "8000"
+
+
+def test_compose_api_is_production_and_loopback_only(
+    compose: dict[str, Any], dockerfile: list[str]
+) -> None:
+    api = compose["services"]["api"]
+    # Production mode (authentication on /v1, JSON logs): the image's default, and the
+    # service does not turn it off.
+    final = dockerfile[dockerfile.index([s for s in dockerfile if s.startswith("FROM ")][-1]) :]
+    image_env = " ".join(line for line in final if line.startswith("ENV "))
+    assert re.search(r"\bEVENTINDEX_MODE=production\b", image_env)
+    assert api["environment"].get("EVENTINDEX_MODE", "production") == "production"
+    assert "EVENTINDEX_AUTH_REQUIRED" not in api["environment"]
+    # Plain HTTP on the host's loopback interface only.
+    assert api["ports"] == ["127.0.0.1:8000:8000"]
+    for name, service in compose["services"].items():
+        for port in service.get("ports", []):
+            assert str(port).startswith("127.0.0.1:"), (
+                f"{name}: {port} is published on all interfaces"
+            )
+    # The compose file tells how the first admin token is made, with the CLI's real syntax.
+    header = (ROOT / "docker-compose.yml").read_text().split("\nname:", 1)[0]
+    match = re.search(r"docker compose run --rm api (token create .*)", header)
+    assert match is not None
+    args = build_parser().parse_args(shlex.split(match.group(1)))
+    assert args.token_command == "create"
+    assert args.scope == ["admin"]
 
 
 def test_compose_names_only_real_commands_and_settings(compose: dict[str, Any]) -> None:
