@@ -192,7 +192,7 @@ async def app_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
     async with (
         LifespanManager(app) as manager,
         httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=manager.app), base_url="http://eventindex.test"
+            transport=httpx.ASGITransport(app=manager.app), base_url="http://localhost"
         ) as client,
     ):
         yield client
@@ -247,7 +247,7 @@ async def endless_upload(url: str) -> tuple[asyncio.StreamReader, asyncio.Stream
     host, port = url.removeprefix("http://").split(":")
     reader, writer = await asyncio.open_connection(host, int(port))
     writer.write(
-        b"POST /v1/lookup HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\n"
+        b"POST /v1/lookup HTTP/1.1\r\nHost: localhost\r\nContent-Type: text/plain\r\n"
         b"Accept: application/x-ndjson\r\nTransfer-Encoding: chunked\r\n\r\n"
     )
     return reader, writer

@@ -7,9 +7,10 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from eventindex.config import Settings
+from eventindex.config import Mode, Settings
 from eventindex.secheaders import CONTENT_SECURITY_POLICY
 from tests.conftest import RUNS, app_client
+from tests.test_security import new_token
 
 PREFLIGHT = {
     "Access-Control-Request-Method": "POST",
@@ -61,11 +62,13 @@ async def test_cors_opens_to_the_configured_origins_only(cors_client: httpx.Asyn
 
 
 async def test_framework_read_bodies_are_limited(database_url: str) -> None:
-    settings = Settings(database_url=database_url, max_body_bytes=4096)
+    # The token endpoints (bodies the framework reads) exist when authentication is on.
+    admin = {"authorization": "Bearer " + new_token(database_url, "limits-admin", "admin")}
+    settings = Settings(database_url=database_url, max_body_bytes=4096, mode=Mode.PRODUCTION)
     async for client in app_client(settings):
         big = b'{"name": "' + b"x" * 10_000 + b'", "scopes": ["read"]}'
         response = await client.post(
-            "/v1/tokens", content=big, headers={"content-type": "application/json"}
+            "/v1/tokens", content=big, headers={"content-type": "application/json", **admin}
         )
         assert response.status_code == 413
         assert response.headers["content-type"] == "application/problem+json"
@@ -76,6 +79,6 @@ async def test_framework_read_bodies_are_limited(database_url: str) -> None:
                 yield b" " * 1000
 
         response = await client.post(
-            "/v1/tokens", content=chunks(), headers={"content-type": "application/json"}
+            "/v1/tokens", content=chunks(), headers={"content-type": "application/json", **admin}
         )
         assert response.status_code == 413
