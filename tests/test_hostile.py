@@ -391,6 +391,40 @@ async def test_header_floods_get_431_and_cost_no_memory(
     await still_serves(http)
 
 
+async def test_head_over_the_limit_in_one_read_gets_431(
+    server: Server, http: httpx.AsyncClient
+) -> None:
+    """Found: the size was checked between reads only, so a whole head that arrived in one
+    read (100-180 KB against a 64 KiB limit) was processed. Limit here: 16 KiB."""
+    limit = int(LIMITS["EVENTINDEX_MAX_HEADER_BYTES"])
+    for size in (limit + 100, 2 * limit, 5 * limit):
+        head = b"GET /v1/events/%d/1 HTTP/1.1\r\nHost: localhost\r\nX-Pad: %s\r\n\r\n" % (
+            RUN,
+            b"a" * size,
+        )
+        reader, writer = await asyncio.open_connection(*address(server))
+        try:
+            writer.write(head)  # one write: on loopback it arrives as one read
+            await writer.drain()
+            reply = await read_reply(reader)
+        finally:
+            writer.close()
+        assert reply.status == 431, (size, reply)
+        assert reply.problem()["type"] == "urn:eventindex:problem:header-too-large"
+    # A long URL counts too, and a head just under the limit is served.
+    long_url = b"GET /v1/events/%d/1?pad=%s HTTP/1.1\r\nHost: localhost\r\n\r\n" % (
+        RUN,
+        b"a" * (limit + 10),
+    )
+    assert (await send_and_read(server, long_url)).status == 431
+    fits = b"GET /v1/events/%d/1 HTTP/1.1\r\nHost: localhost\r\nX-Pad: %s\r\n\r\n" % (
+        RUN,
+        b"a" * (limit - 200),
+    )
+    assert (await send_and_read(server, fits)).status == 200
+    await still_serves(http)
+
+
 # Connections
 
 

@@ -346,7 +346,9 @@ def test_tls_round_trip_and_secrets_stay_out_of_logs(database_url: str, tmp_path
         url = f"https://127.0.0.1:{port}"
         wait_up(url, proc, verify=trusting(ca))
         with httpx.Client(base_url=url, verify=trusting(ca)) as client:
-            assert client.get("/v1/events/100/1", headers=bearer(token)).status_code == 200
+            answer = client.get("/v1/events/100/1", headers=bearer(token))
+            assert answer.status_code == 200
+            assert answer.headers["strict-transport-security"] == "max-age=31536000"
             assert client.get("/v1/events/100/1", headers=bearer("ei_guess")).status_code == 401
             assert (
                 client.get("/v1/events/100/1", headers=bearer("eyJhbGciOi.x.y")).status_code == 401
