@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, TypedDict
 
-import asyncpg
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
@@ -17,7 +16,7 @@ from eventindex import __version__
 from eventindex.auth import Authenticator
 from eventindex.bodylimits import BodyLimits
 from eventindex.config import Settings
-from eventindex.db import create_pool, forget_gate
+from eventindex.db import Database
 from eventindex.hostcheck import LoopbackHostsOnly
 from eventindex.metrics import Metrics
 from eventindex.problems import install_handlers
@@ -31,26 +30,15 @@ from eventindex.secheaders import SecurityHeaders
 
 log = logging.getLogger("eventindex")
 
-_POOL_CLOSE_TIMEOUT = 10.0
 _STREAM_CLOSE_TIMEOUT = 5.0
 _REF = "#/components/schemas/{model}"
 
 
 class State(TypedDict):
     auth: Authenticator
-    pool: asyncpg.Pool
-    read_pool: asyncpg.Pool
+    db: Database
     settings: Settings
-    streams: set[asyncio.Task[Any]]  # running lookup streams (streaming.LookupStream)
-
-
-async def _close(pool: asyncpg.Pool) -> None:
-    forget_gate(pool)
-    try:
-        await asyncio.wait_for(pool.close(), _POOL_CLOSE_TIMEOUT)
-    except TimeoutError:
-        log.warning("database pool did not close in time; terminating connections")
-        pool.terminate()
+    streams: set[asyncio.Task[Any]]  # running streams (streaming.LookupStream, CursorStream)
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -62,30 +50,18 @@ def create_app(settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[State]:
-        pool = await create_pool(settings, dsn)
-        read_pool = pool
-        if settings.read_database_urls:
-            read_pool = await create_pool(settings, dsn, settings.read_database_urls)
-        metrics.pool = read_pool
         streams: set[asyncio.Task[Any]] = set()
-        try:
-            async with Authenticator.open(settings) as auth:
-                yield {
-                    "auth": auth,
-                    "pool": pool,
-                    "read_pool": read_pool,
-                    "settings": settings,
-                    "streams": streams,
-                }
-        finally:
-            # The server has cancelled what outlived its grace period: let the streams
-            # among them write their closing error line before the process goes.
-            running = [t for t in streams if not t.done()]
-            if running:
-                await asyncio.wait(running, timeout=_STREAM_CLOSE_TIMEOUT)
-            if read_pool is not pool:
-                await _close(read_pool)
-            await _close(pool)
+        async with Database.open(settings, dsn) as db, Authenticator.open(settings) as auth:
+            metrics.pool = db.reads.pool
+            try:
+                yield {"auth": auth, "db": db, "settings": settings, "streams": streams}
+            finally:
+                # The server has cancelled what outlived its grace period: let the streams
+                # among them write their closing error line before the pools close.
+                running = [t for t in streams if not t.done()]
+                if running:
+                    await asyncio.wait(running, timeout=_STREAM_CLOSE_TIMEOUT)
+                metrics.pool = None
 
     docs = settings.docs_enabled
     app = FastAPI(

@@ -27,7 +27,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from eventindex import queries
 from eventindex.config import Settings
-from eventindex.db import acquire
+from eventindex.db import Database
 from eventindex.jwks import JwksCache, KeysUnavailable, UnknownKey
 from eventindex.problems import Problem
 from eventindex.ratelimit import charge_of
@@ -157,7 +157,6 @@ class Authenticator:
 
     def __init__(self, settings: Settings, client: httpx.AsyncClient | None) -> None:
         self.required = settings.auth_enabled
-        self.timeout = settings.pool_acquire_timeout
         self.jwt = JwtVerifier(settings, client) if client is not None else None
 
     @classmethod
@@ -192,7 +191,8 @@ class Authenticator:
         if scheme.lower() != "bearer" or not credential:
             raise _unauthorized("Send the credential as 'Authorization: Bearer <token>'.")
         if credential.startswith(TOKEN_PREFIX):
-            async with acquire(request.state.pool, self.timeout) as conn:
+            db: Database = request.state.db
+            async with db.connection() as conn:
                 row = await conn.fetchrow(queries.USE_TOKEN, token_digest(credential))
             if row is None:
                 self._failed(request, "unknown, expired or revoked API token")

@@ -4,20 +4,13 @@ selections and the consistency report. SQL in ``queries``; summaries in ``files`
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Any
 
-import asyncpg
-import orjson
-
 from eventindex import queries
 from eventindex.config import MAX_RUN_NUMBER
-from eventindex.db import Connection, acquire
-from eventindex.problems import Problem, database_problem
-
-STREAM_BATCH = 5_000
+from eventindex.db import Connection
+from eventindex.problems import Problem
 
 
 @dataclass(frozen=True)
@@ -135,37 +128,3 @@ async def consistency(conn: Connection, dataset: int, gaps: bool, limit: int) ->
     report["problems"] = problems
     report["status"] = "ok" if problems == 0 else "problems"
     return report
-
-
-async def open_stream(pool: asyncpg.Pool, timeout: float) -> tuple[AsyncExitStack, Connection]:
-    """A connection in a read-only transaction for a cursor; the stream closes the stack."""
-    stack = AsyncExitStack()
-    try:
-        conn = await stack.enter_async_context(acquire(pool, timeout))
-        await stack.enter_async_context(conn.transaction(readonly=True))
-    except BaseException:
-        await stack.aclose()
-        raise
-    return stack, conn
-
-
-async def stream_rows(
-    stack: AsyncExitStack, conn: Connection, query: str, *args: Any
-) -> AsyncIterator[bytes]:
-    """NDJSON of the query's rows, in batches; ends with an error line if it fails."""
-    try:
-        batch: list[bytes] = []
-        async for row in conn.cursor(query, *args, prefetch=STREAM_BATCH):
-            batch.append(orjson.dumps(dict(row)))
-            if len(batch) >= STREAM_BATCH:
-                yield b"\n".join(batch) + b"\n"
-                batch = []
-        if batch:
-            yield b"\n".join(batch) + b"\n"
-    except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as exc:
-        problem = database_problem(exc) or Problem(
-            500, "internal", "Internal error", "The stream failed."
-        )
-        yield orjson.dumps({"error": problem.body()}) + b"\n"
-    finally:
-        await stack.aclose()

@@ -1,4 +1,5 @@
-"""The asyncpg pool: made in the app's lifespan, handed to handlers by a dependency."""
+"""The database: asyncpg pools behind fair gates, owned by one ``Database`` made in the app's
+lifespan; connections are lent only by ``Lane.acquire``."""
 
 from __future__ import annotations
 
@@ -10,12 +11,11 @@ import re
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Annotated, Any, TypeAlias, TypeVar, cast
+from typing import Any, TypeAlias, TypeVar, cast
 from urllib.parse import unquote
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
-from fastapi import Depends, Request
 
 from eventindex.config import Settings
 from eventindex.metrics import current as current_metrics
@@ -252,64 +252,94 @@ class FairGate:
         self.free += 1
 
 
-# One gate per pool (asyncpg's Pool takes no attributes); dropped when the pool closes.
-_gates: dict[int, FairGate] = {}
+class Lane:
+    """One pool and the fair gate in front of it: the only way to a pooled connection.
 
+    ``acquire`` waits at most ``timeout`` in all (at the gate, then in the pool) and
+    gives the connection back whatever happens in its block.
+    """
 
-def forget_gate(pool: asyncpg.Pool) -> None:
-    _gates.pop(id(pool), None)
+    def __init__(self, pool: asyncpg.Pool, timeout: float) -> None:
+        self.pool = pool
+        self.timeout = timeout
+        self.gate = FairGate(pool.get_max_size())
 
-
-@asynccontextmanager
-async def acquire(pool: asyncpg.Pool, timeout: float) -> AsyncIterator[Connection]:
-    """A pooled connection, waited for in turn, counted in the metrics while waited for."""
-    gate = _gates.get(id(pool))
-    if gate is None:
-        gate = _gates[id(pool)] = FairGate(pool.get_max_size())
-    metrics = current_metrics.get()
-    if metrics is not None:
-        metrics.waiting += 1
-    try:
-        try:
-            await gate.enter(timeout)
-        except TimeoutError:
-            raise PoolExhausted(pool.get_max_size(), timeout) from None
-        try:
-            conn = await pool.acquire(timeout=timeout)
-        except BaseException:
-            gate.leave()
-            raise
-    finally:
+    @asynccontextmanager
+    async def acquire(self, timeout: float | None = None) -> AsyncIterator[Connection]:
+        """A pooled connection, waited for in turn, counted in the metrics while waited
+        for."""
+        limit = self.timeout if timeout is None else timeout
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + limit
+        metrics = current_metrics.get()
         if metrics is not None:
-            metrics.waiting -= 1
-    try:
-        yield conn
-    finally:
+            metrics.waiting += 1
         try:
-            await pool.release(conn)
+            try:
+                await self.gate.enter(limit)
+            except TimeoutError:
+                raise PoolExhausted(self.pool.get_max_size(), limit) from None
+            try:
+                # What is left of the one timeout (the pool has a free connection for
+                # every holder of the gate, so this waits only to connect).
+                conn = await self.pool.acquire(timeout=max(0.1, deadline - loop.time()))
+            except BaseException:
+                self.gate.leave()
+                raise
         finally:
-            gate.leave()
+            if metrics is not None:
+                metrics.waiting -= 1
+        try:
+            yield conn
+        finally:
+            try:
+                await self.pool.release(conn)
+            finally:
+                self.gate.leave()
 
 
-def get_pool(request: Request) -> asyncpg.Pool:
-    pool: asyncpg.Pool = request.state.pool
-    return pool
+class Database:
+    """The service's database: the primary pool for writes and token checks, the read pool
+    (the replicas', or the primary's) for lookups and the catalogue. Made by :meth:`open` in
+    the lifespan, which closes what it opened on every exit path."""
+
+    def __init__(self, primary: Lane, reads: Lane) -> None:
+        self.primary = primary
+        self.reads = reads
+
+    @classmethod
+    @asynccontextmanager
+    async def open(cls, settings: Settings, dsn: str) -> AsyncIterator[Database]:
+        timeout = settings.pool_acquire_timeout
+        pool = await create_pool(settings, dsn)
+        try:
+            primary = Lane(pool, timeout)
+            if not settings.read_database_urls:
+                yield cls(primary, primary)
+                return
+            read_pool = await create_pool(settings, dsn, settings.read_database_urls)
+            try:
+                yield cls(primary, Lane(read_pool, timeout))
+            finally:
+                await close_pool(read_pool)
+        finally:
+            await close_pool(pool)
+
+    def connection(
+        self, *, read: bool = False, timeout: float | None = None
+    ) -> contextlib.AbstractAsyncContextManager[Connection]:
+        return (self.reads if read else self.primary).acquire(timeout)
 
 
-def get_read_pool(request: Request) -> asyncpg.Pool:
-    """The pool for lookups and catalogue reads: the replicas' if any, else the primary's."""
-    pool: asyncpg.Pool = request.state.read_pool
-    return pool
+_POOL_CLOSE_TIMEOUT = 10.0
 
 
-def get_settings(request: Request) -> Settings:
-    settings: Settings = request.state.settings
-    return settings
-
-
-PoolDep = Annotated[asyncpg.Pool, Depends(get_pool)]
-ReadPoolDep = Annotated[asyncpg.Pool, Depends(get_read_pool)]
-SettingsDep = Annotated[Settings, Depends(get_settings)]
+async def close_pool(pool: asyncpg.Pool) -> None:
+    try:
+        await asyncio.wait_for(pool.close(), _POOL_CLOSE_TIMEOUT)
+    except TimeoutError:
+        log.warning("database pool did not close in time; terminating connections")
+        pool.terminate()
 
 
 async def copy_unless_lost(conn: asyncpg.Connection, copy: Awaitable[_T]) -> _T:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from eventindex import queries
-from eventindex.db import Connection, acquire
+from eventindex.db import Connection, Lane
 from eventindex.metrics import count_pairs, timed_query
 
 Batch = tuple[list[int], list[int]]
@@ -52,15 +52,15 @@ async def lookup_batch(
 
 
 @asynccontextmanager
-async def lookup_connection(pool: asyncpg.Pool, timeout: float) -> AsyncIterator[Connection]:
+async def lookup_connection(lane: Lane) -> AsyncIterator[Connection]:
     """A pooled connection in a read-only transaction set up for lookups."""
-    async with acquire(pool, timeout) as conn, conn.transaction(readonly=True):
+    async with lane.acquire() as conn, conn.transaction(readonly=True):
         await conn.execute(queries.LOOKUP_PLAN_SETTINGS)
         yield conn
 
 
 async def lookup_on_pool(
-    pool: asyncpg.Pool, runs: Sequence[int], events: Sequence[int], separator: str, timeout: float
+    lane: Lane, runs: Sequence[int], events: Sequence[int], separator: str
 ) -> BatchResult:
     """One batch on a connection of its own, held only while the query runs.
 
@@ -69,21 +69,20 @@ async def lookup_on_pool(
     a restart while the service is idle or between batches goes unseen.
     """
     try:
-        async with lookup_connection(pool, timeout) as conn:
+        async with lookup_connection(lane) as conn:
             return await lookup_batch(conn, runs, events, separator)
     except BROKEN_CONNECTION_ERRORS:
         await asyncio.sleep(_RETRY_PAUSE)
-    async with lookup_connection(pool, timeout) as conn:
+    async with lookup_connection(lane) as conn:
         return await lookup_batch(conn, runs, events, separator)
 
 
 async def lookup_batches(
-    pool: asyncpg.Pool,
+    lane: Lane,
     batches: AsyncIterable[Batch],
     separator: str,
     *,
     width: int,
-    timeout: float,
 ) -> AsyncIterator[BatchResult]:
     """Results of each batch, in order, with up to ``width`` queries in flight.
 
@@ -110,9 +109,7 @@ async def lookup_batches(
                 break
             if len(in_flight) >= width:
                 yield await in_flight.popleft()
-            in_flight.append(
-                asyncio.create_task(lookup_on_pool(pool, runs, events, separator, timeout))
-            )
+            in_flight.append(asyncio.create_task(lookup_on_pool(lane, runs, events, separator)))
         while in_flight:
             result = await in_flight[0]
             in_flight.popleft()
@@ -131,14 +128,13 @@ async def iterate_batches(runs: list[int], events: list[int], size: int) -> Asyn
 
 
 async def lookup_all(
-    pool: asyncpg.Pool,
+    lane: Lane,
     runs: list[int],
     events: list[int],
     *,
     separator: str,
     batch_size: int,
     connections: int,
-    timeout: float,
 ) -> BatchResult:
     """Every pair of an in-memory list, answered as one joined body.
 
@@ -152,11 +148,10 @@ async def lookup_all(
     parts: list[bytes] = []
     found = 0
     async for result in lookup_batches(
-        pool,
+        lane,
         iterate_batches(runs, events, batch_size),
         separator,
         width=max(1, min(connections, n_batches)),
-        timeout=timeout,
     ):
         parts.append(result.body)
         found += result.found
@@ -164,15 +159,13 @@ async def lookup_all(
     return BatchResult(separator.encode().join(parts), len(runs), found)
 
 
-async def get_event(
-    pool: asyncpg.Pool, run: int, event: int, timeout: float
-) -> asyncpg.Record | None:
+async def get_event(lane: Lane, run: int, event: int) -> asyncpg.Record | None:
     try:
-        async with acquire(pool, timeout) as conn:
+        async with lane.acquire() as conn:
             with timed_query("get_event"):
                 return await conn.fetchrow(queries.GET_EVENT, run, event)
     except BROKEN_CONNECTION_ERRORS:
         await asyncio.sleep(_RETRY_PAUSE)  # asked once more: see lookup_on_pool
-    async with acquire(pool, timeout) as conn:
+    async with lane.acquire() as conn:
         with timed_query("get_event"):
             return await conn.fetchrow(queries.GET_EVENT, run, event)

@@ -108,8 +108,7 @@ class Shard:
         return cls(
             name=name,
             host=host,
-            port=port
-            or (int(query_port) if query_port.isascii() and query_port.isdigit() else 5432),
+            port=port or (int(query_port) if _digits(query_port) else 5432),
             dbname=unquote(parts.path.lstrip("/")) or "postgres",
             username=unquote(parts.username or "postgres"),
             password=unquote(parts.password) if parts.password else None,

@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import asyncpg
@@ -23,6 +23,7 @@ from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 from eventindex.config import Settings
+from eventindex.db import Lane, PoolExhausted
 from eventindex.lookup import Batch, iterate_batches, lookup_batches
 from eventindex.metrics import count_pairs
 from eventindex.metrics import current as current_metrics
@@ -32,6 +33,8 @@ from eventindex.spool import BodyTooLarge, Spool
 
 NDJSON = "application/x-ndjson"
 MAX_LINE_BYTES = 64 * 1024
+# Rows of a catalogue stream fetched and sent at a time.
+CURSOR_BATCH = 5_000
 
 log = logging.getLogger("eventindex")
 
@@ -159,14 +162,14 @@ class LookupStream(Response):
 
     def __init__(
         self,
-        pool: asyncpg.Pool,
+        lane: Lane,
         settings: Settings,
         pairs: tuple[list[int], list[int]] | None = None,
         *,
         report_invalid: bool = False,
     ) -> None:
         super().__init__(media_type=NDJSON)
-        self.pool = pool
+        self.lane = lane
         self.settings = settings
         self.pairs = pairs  # already parsed from a JSON body; else the body is read here
         # Bad lines are reported in the stream ({"line": N, "error": ...}) and skipped,
@@ -175,16 +178,8 @@ class LookupStream(Response):
         self.parser = PairParser(collect_errors=report_invalid)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        streams: set[asyncio.Task[Any]] | None = scope.get("state", {}).get("streams")
-        task = asyncio.current_task()
-        if streams is None or task is None:
+        with _tracked(scope):
             await self._run(scope, receive, send)
-            return
-        streams.add(task)  # so that a shutdown waits for this stream's last line
-        try:
-            await self._run(scope, receive, send)
-        finally:
-            streams.discard(task)
 
     async def _run(self, scope: Scope, receive: Receive, send: Send) -> None:
         spool = Spool(self.settings.spool_memory_bytes, self.settings.max_stream_bytes)
@@ -202,7 +197,8 @@ class LookupStream(Response):
                 writer.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await writer
-                raise
+                _stopped_quietly()
+                return
             if not writer.done():
                 # The client went away: stop the queries and give the connections back now.
                 writer.cancel()
@@ -278,11 +274,7 @@ class LookupStream(Response):
         try:
             batches = self._batches(spool)
             async for result in lookup_batches(
-                self.pool,
-                batches,
-                "\n",
-                width=self.settings.stream_connections,
-                timeout=self.settings.pool_acquire_timeout,
+                self.lane, batches, "\n", width=self.settings.stream_connections
             ):
                 requested += result.requested
                 found += result.found
@@ -311,14 +303,7 @@ class LookupStream(Response):
                     "ask again for the pairs after them.",
                     answered=requested,
                 )
-                with contextlib.suppress(Exception):
-                    await send(
-                        {
-                            "type": "http.response.body",
-                            "body": orjson.dumps({"error": stopping.body(path)}) + b"\n",
-                            "more_body": False,
-                        }
-                    )
+                await _last_words(send, orjson.dumps({"error": stopping.body(path)}) + b"\n")
             raise
         except Exception as exc:
             problem = _problem_for(exc) or Problem(
@@ -345,3 +330,132 @@ class LookupStream(Response):
 
 async def _no_receive() -> Message:
     return {"type": "http.disconnect"}
+
+
+def _stopped_quietly() -> None:
+    """A stream the server cancelled at shutdown has written its closing line and ends as
+    an answer does: re-raising would only make the server log a traceback."""
+    task = asyncio.current_task()
+    if task is not None:
+        task.uncancel()
+
+
+@contextlib.contextmanager
+def _tracked(scope: Scope) -> Iterator[None]:
+    """The running stream is known to the lifespan, so that a shutdown waits for its
+    closing line."""
+    streams: set[asyncio.Task[Any]] | None = scope.get("state", {}).get("streams")
+    task = asyncio.current_task()
+    if streams is None or task is None:
+        yield
+        return
+    streams.add(task)
+    try:
+        yield
+    finally:
+        streams.discard(task)
+
+
+async def _disconnected(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+class CursorStream(Response):
+    """A catalogue query's rows as NDJSON, from a cursor in a read-only transaction.
+
+    The response owns its connection: acquired when the server runs the response and
+    released in the same block, whatever ends it (the last row, a failed query, the
+    client leaving, a failed send of the response start, a shutdown). A response that
+    is never run holds nothing. Errors before the first row are a problem answer;
+    after it, a closing ``{"error": ...}`` line.
+    """
+
+    media_type = NDJSON
+
+    def __init__(self, lane: Lane, query: str, *args: Any) -> None:
+        super().__init__(media_type=NDJSON)
+        self.lane = lane
+        self.query = query
+        self.args = args
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        with _tracked(scope):
+            writer = asyncio.create_task(self._stream(scope, send))
+            watcher = asyncio.create_task(_disconnected(receive))
+            try:
+                try:
+                    await asyncio.wait({writer, watcher}, return_when=asyncio.FIRST_COMPLETED)
+                except asyncio.CancelledError:
+                    writer.cancel()  # the server is stopping: the writer says so
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await writer
+                    _stopped_quietly()
+                    return
+                if not writer.done():
+                    writer.cancel()  # the client left: stop the query, give the connection back
+                with contextlib.suppress(asyncio.CancelledError, OSError):
+                    # OSError: the send failed, the client is gone (uvicorn's
+                    # ClientDisconnected); the connection went back as the writer ended.
+                    await writer
+            finally:
+                watcher.cancel()
+                await asyncio.gather(watcher, return_exceptions=True)
+
+    async def _stream(self, scope: Scope, send: Send) -> None:
+        path = scope.get("path")
+        started = False
+        rows = 0
+        try:
+            async with self.lane.acquire() as conn, conn.transaction(readonly=True):
+                head = [(b"content-type", NDJSON.encode())]
+                await send({"type": "http.response.start", "status": 200, "headers": head})
+                started = True
+                batch: list[bytes] = []
+                async for row in conn.cursor(self.query, *self.args, prefetch=CURSOR_BATCH):
+                    batch.append(orjson.dumps(dict(row)))
+                    if len(batch) >= CURSOR_BATCH:
+                        rows += len(batch)
+                        await _body(send, b"\n".join(batch) + b"\n")
+                        batch = []
+                if batch:
+                    await _body(send, b"\n".join(batch) + b"\n")
+        except asyncio.CancelledError:
+            if started:
+                stopping = Problem(
+                    503,
+                    "shutting-down",
+                    "Service shutting down",
+                    f"The service stopped this stream after {rows} lines.",
+                    answered=rows,
+                )
+                await _last_words(send, orjson.dumps({"error": stopping.body(path)}) + b"\n")
+            raise
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, PoolExhausted, OSError) as exc:
+            if isinstance(exc, OSError) and started:
+                raise  # the send failed: nobody to tell
+            problem = _problem_for(exc) or Problem(
+                500, "internal", "Internal error", "The stream failed."
+            )
+            if problem.status >= 500:
+                log.warning("catalogue stream: %s", problem.detail)
+            if not started:
+                await problem.response(path)(scope, _no_receive, send)
+                return
+            await _body(send, orjson.dumps({"error": problem.body(path)}) + b"\n")
+        await _body(send, b"", False)
+
+
+_LAST_WORDS_SECONDS = 3.0
+
+
+async def _last_words(send: Send, line: bytes) -> None:
+    """The closing line of a stream the server is stopping; a client that does not read
+    does not get to hold the shutdown up."""
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(_LAST_WORDS_SECONDS):
+            await _body(send, line, False)
+
+
+async def _body(send: Send, body: bytes, more: bool = True) -> None:
+    await send({"type": "http.response.body", "body": body, "more_body": more})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncpg
 
 from eventindex import queries
+from eventindex.db import Lane
 from eventindex.lookup import lookup_batch, lookup_connection
 
 
@@ -46,7 +47,7 @@ async def test_plan_is_nested_loop_over_primary_key(database_url: str) -> None:
 async def test_batch_restores_input_order(database_url: str) -> None:
     pool = await asyncpg.create_pool(database_url, min_size=1, max_size=1)
     try:
-        async with lookup_connection(pool, 5.0) as conn:
+        async with lookup_connection(Lane(pool, 5.0)) as conn:
             result = await lookup_batch(conn, [104, 100, 7, 100], [3, 2, 1, 2], "\n")
         lines = result.body.split(b"\n")
         assert [line[:40] for line in lines] == [

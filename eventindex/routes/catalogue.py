@@ -13,7 +13,7 @@ from fastapi.responses import StreamingResponse
 from eventindex import catalogue, queries
 from eventindex.auth import require
 from eventindex.config import MAX_EVENT_NUMBER, MAX_RUN_NUMBER
-from eventindex.db import ReadPoolDep, SettingsDep, acquire
+from eventindex.deps import DatabaseDep, ReadConnection
 from eventindex.problems import Problem, problem_responses
 from eventindex.schemas import (
     ASCII_DIGITS,
@@ -28,6 +28,7 @@ from eventindex.schemas import (
     RunPage,
     SelectionCount,
 )
+from eventindex.streaming import CursorStream
 
 router = APIRouter(prefix="/v1", tags=["catalogue"], dependencies=[Depends(require("read"))])
 
@@ -85,21 +86,18 @@ Bits = Annotated[str | None, Query(max_length=1000, description="decision names,
     ),
 )
 async def list_datasets(
-    pool: ReadPoolDep,
-    settings: SettingsDep,
+    conn: ReadConnection,
     after: Annotated[int, Query(ge=-1, le=MAX_RUN_NUMBER), ASCII_DIGITS] = -1,
     limit: Limit = 100,
 ) -> Any:
     """Datasets with event and file counts, run range and load times, by id."""
-    async with acquire(pool, settings.pool_acquire_timeout) as conn:
-        items = await catalogue.dataset_page(conn, None, after, limit)
+    items = await catalogue.dataset_page(conn, None, after, limit)
     return {"items": items, "next_after": items[-1]["id"] if len(items) == limit else None}
 
 
 @router.get("/datasets/{dataset}", response_model=DatasetSummary, responses=_ERRORS)
-async def get_dataset(dataset: DatasetId, pool: ReadPoolDep, settings: SettingsDep) -> Any:
-    async with acquire(pool, settings.pool_acquire_timeout) as conn:
-        items = await catalogue.dataset_page(conn, dataset, -1, 1)
+async def get_dataset(dataset: DatasetId, conn: ReadConnection) -> Any:
+    items = await catalogue.dataset_page(conn, dataset, -1, 1)
     if not items:
         raise Problem(404, "dataset-not-found", "Dataset not found", f"No dataset {dataset}.")
     return items[0]
@@ -116,15 +114,13 @@ async def get_dataset(dataset: DatasetId, pool: ReadPoolDep, settings: SettingsD
 )
 async def list_dataset_files(
     dataset: DatasetId,
-    pool: ReadPoolDep,
-    settings: SettingsDep,
+    conn: ReadConnection,
     after_run: Annotated[int, Query(ge=-1, le=MAX_RUN_NUMBER), ASCII_DIGITS] = -1,
     after_fuid: UUID = _NIL_UUID,
     limit: Limit = 100,
 ) -> Any:
     """The dataset's files by run, then UUID; pass ``next`` back for the following page."""
-    async with acquire(pool, settings.pool_acquire_timeout) as conn:
-        rows = await conn.fetch(queries.DATASET_FILES_PAGE, dataset, after_run, after_fuid, limit)
+    rows = await conn.fetch(queries.DATASET_FILES_PAGE, dataset, after_run, after_fuid, limit)
     items = [dict(r) for r in rows]
     last = items[-1] if len(items) == limit else None
     following = {"after_run": last["run_number"], "after_fuid": last["fuid_raw"]} if last else None
@@ -134,16 +130,14 @@ async def list_dataset_files(
 @router.get("/datasets/{dataset}/consistency", response_model=ConsistencyReport, responses=_ERRORS)
 async def dataset_consistency(
     dataset: DatasetId,
-    pool: ReadPoolDep,
-    settings: SettingsDep,
+    conn: ReadConnection,
     gaps: bool = False,
     limit: Limit = 100,
 ) -> Any:
     """Files whose recorded event count differs from the events found, conflicting
     duplicates the loader skipped, loads that met duplicates, and (``gaps=true``) gaps in
     event numbering per run. Scans the dataset's events."""
-    async with acquire(pool, settings.pool_acquire_timeout) as conn:
-        return await catalogue.consistency(conn, dataset, gaps, limit)
+    return await catalogue.consistency(conn, dataset, gaps, limit)
 
 
 @router.get(
@@ -163,32 +157,27 @@ async def dataset_consistency(
         ),
     ),
 )
-async def get_file(fuid: UUID, pool: ReadPoolDep, settings: SettingsDep) -> Any:
-    async with acquire(pool, settings.pool_acquire_timeout) as conn:
-        row = await conn.fetchrow(queries.FILE_INFO, fuid)
+async def get_file(fuid: UUID, conn: ReadConnection) -> Any:
+    row = await conn.fetchrow(queries.FILE_INFO, fuid)
     if row is None:
         raise Problem(404, "file-not-found", "File not found", f"No file {fuid} in the catalogue.")
     return dict(row)
 
 
 @router.get("/files/{fuid}/events", response_class=StreamingResponse, responses=_NDJSON_DOC)
-async def file_events(fuid: UUID, pool: ReadPoolDep, settings: SettingsDep) -> StreamingResponse:
+async def file_events(fuid: UUID, conn: ReadConnection, db: DatabaseDep) -> CursorStream:
     """The file's events (run, event, decisions) as NDJSON, in event order."""
-    async with acquire(pool, settings.pool_acquire_timeout) as conn:
-        info = await conn.fetchrow(queries.FILE_INFO, fuid)
+    info = await conn.fetchrow(queries.FILE_INFO, fuid)
     if info is None:
         raise Problem(404, "file-not-found", "File not found", f"No file {fuid} in the catalogue.")
-    stack, conn = await catalogue.open_stream(pool, settings.pool_acquire_timeout)
-    rows = catalogue.stream_rows(
-        stack,
-        conn,
+    return CursorStream(
+        db.reads,
         queries.FILE_EVENTS,
         info["run_number"],
         info["first_event"],
         info["last_event"],
         fuid,
     )
-    return StreamingResponse(rows, media_type=NDJSON)
 
 
 @router.get(
@@ -197,15 +186,13 @@ async def file_events(fuid: UUID, pool: ReadPoolDep, settings: SettingsDep) -> S
     responses=_with_links(_ERRORS, GetRun=(_RUN, {"run": "$response.body#/items/0/run_number"})),
 )
 async def list_runs(
-    pool: ReadPoolDep,
-    settings: SettingsDep,
+    conn: ReadConnection,
     after: Annotated[int, Query(ge=-1, le=MAX_RUN_NUMBER), ASCII_DIGITS] = -1,
     dataset: DatasetFilter = None,
     limit: Limit = 100,
 ) -> Any:
     """Runs with their event and file counts and datasets, by run number."""
-    async with acquire(pool, settings.pool_acquire_timeout) as conn:
-        items = [dict(r) for r in await conn.fetch(queries.RUN_PAGE, after, dataset, limit)]
+    items = [dict(r) for r in await conn.fetch(queries.RUN_PAGE, after, dataset, limit)]
     return {"items": items, "next_after": items[-1]["run_number"] if len(items) == limit else None}
 
 
@@ -216,26 +203,25 @@ async def list_runs(
         _ERRORS, GetDataset=(_DATASET, {"dataset": "$response.body#/datasets/0"})
     ),
 )
-async def get_run(run: Run, pool: ReadPoolDep, settings: SettingsDep) -> Any:
+async def get_run(run: Run, conn: ReadConnection) -> Any:
     """A run's counts, and how many of its events each Online Filter decision selected."""
-    async with acquire(pool, settings.pool_acquire_timeout) as conn:
-        page = await conn.fetch(queries.RUN_PAGE, run - 1, None, 1)
-        if not page or page[0]["run_number"] != run:
-            raise Problem(404, "run-not-found", "Run not found", f"No events of run {run}.")
-        decisions = [dict(r) for r in await conn.fetch(queries.RUN_DECISIONS, run)]
+    page = await conn.fetch(queries.RUN_PAGE, run - 1, None, 1)
+    if not page or page[0]["run_number"] != run:
+        raise Problem(404, "run-not-found", "Run not found", f"No events of run {run}.")
+    decisions = [dict(r) for r in await conn.fetch(queries.RUN_DECISIONS, run)]
     return {**dict(page[0]), "decisions": decisions}
 
 
-@dataclass
+@dataclass(frozen=True)
 class SelectionQuery:
     """The scope and bit expression of a selection, from the query string."""
 
-    run_min: RunMin = None
-    run_max: RunMin = None
-    dataset: DatasetFilter = None
-    all: Bits = None
-    any: Bits = None
-    none: Bits = None
+    run_min: int | None
+    run_max: int | None
+    dataset: int | None
+    all: str | None
+    any: str | None
+    none: str | None
 
     async def resolve(self, conn: Any) -> tuple[catalogue.Scope, catalogue.BitExpression]:
         names = await catalogue.bit_names(conn)
@@ -248,40 +234,47 @@ class SelectionQuery:
         return scope, bits
 
 
-SelectionDep = Annotated[SelectionQuery, Depends()]
+async def selection_query(
+    run_min: RunMin = None,
+    run_max: RunMin = None,
+    dataset: DatasetFilter = None,
+    all: Bits = None,
+    any: Bits = None,
+    none: Bits = None,
+) -> SelectionQuery:
+    # A coroutine: a class given to Depends() is built in the thread pool.
+    return SelectionQuery(run_min, run_max, dataset, all, any, none)
+
+
+SelectionDep = Annotated[SelectionQuery, Depends(selection_query)]
 
 
 @router.get("/selection/count", response_model=SelectionCount, responses=_ERRORS)
 async def selection_count(
     selection: SelectionDep,
-    pool: ReadPoolDep,
-    settings: SettingsDep,
+    conn: ReadConnection,
     group_by: Literal["none", "run", "dataset"] = "none",
 ) -> Any:
     """How many events of a run range and/or dataset passed every decision of ``all``, at
     least one of ``any`` and none of ``none``; optionally per run or dataset. From the
     summaries: no scan of events."""
-    async with acquire(pool, settings.pool_acquire_timeout) as conn:
-        scope, bits = await selection.resolve(conn)
-        return await catalogue.selection_count(conn, scope, bits, group_by)
+    scope, bits = await selection.resolve(conn)
+    return await catalogue.selection_count(conn, scope, bits, group_by)
 
 
 @router.get("/selection/events", response_class=StreamingResponse, responses=_NDJSON_DOC)
 async def selection_events(
     selection: SelectionDep,
-    pool: ReadPoolDep,
-    settings: SettingsDep,
+    conn: ReadConnection,
+    db: DatabaseDep,
     after_run: Annotated[int, Query(ge=-1, le=MAX_RUN_NUMBER), ASCII_DIGITS] = -1,
     after_event: Annotated[int, Query(ge=-1, le=MAX_EVENT_NUMBER), ASCII_DIGITS] = -1,
-) -> StreamingResponse:
+) -> CursorStream:
     """The selected events as NDJSON in (run, event) order; to resume, pass the last
     delivered run and event as ``after_run``/``after_event``. Scans the run range."""
-    async with acquire(pool, settings.pool_acquire_timeout) as conn:
-        scope, bits = await selection.resolve(conn)
-    stack, conn = await catalogue.open_stream(pool, settings.pool_acquire_timeout)
-    rows = catalogue.stream_rows(
-        stack,
-        conn,
+    scope, bits = await selection.resolve(conn)
+    return CursorStream(
+        db.reads,
         queries.SELECTION_EVENTS,
         *scope.args(),
         bits.all,
@@ -290,22 +283,19 @@ async def selection_events(
         after_run,
         after_event,
     )
-    return StreamingResponse(rows, media_type=NDJSON)
 
 
 @router.get("/online-filter/overlap", response_model=Overlap, responses=_ERRORS)
 async def decision_overlap(
-    pool: ReadPoolDep,
-    settings: SettingsDep,
+    conn: ReadConnection,
     run_min: RunMin = None,
     run_max: RunMin = None,
     dataset: DatasetFilter = None,
 ) -> Any:
     """How many events passed each pair of Online Filter decisions (the diagonal: each
     decision alone). From the summaries."""
-    async with acquire(pool, settings.pool_acquire_timeout) as conn:
-        scope = await catalogue.make_scope(conn, run_min, run_max, dataset)
-        return await catalogue.overlap(conn, scope)
+    scope = await catalogue.make_scope(conn, run_min, run_max, dataset)
+    return await catalogue.overlap(conn, scope)
 
 
 @router.get(
@@ -314,6 +304,5 @@ async def decision_overlap(
     summary="The Online Filter decisions: the bits of olt_result",
     responses=problem_responses(401, 403, 503),
 )
-async def list_olt_bits(pool: ReadPoolDep, settings: SettingsDep) -> Any:
-    async with acquire(pool, settings.pool_acquire_timeout) as conn:
-        return [dict(r) for r in await conn.fetch(queries.LIST_OLT_BITS)]
+async def list_olt_bits(conn: ReadConnection) -> Any:
+    return [dict(r) for r in await conn.fetch(queries.LIST_OLT_BITS)]

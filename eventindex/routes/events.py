@@ -14,7 +14,8 @@ from eventindex import lookup
 from eventindex.auth import require
 from eventindex.bodylimits import too_slow
 from eventindex.config import MAX_EVENT_NUMBER, MAX_RUN_NUMBER, Settings
-from eventindex.db import ReadPoolDep, SettingsDep
+from eventindex.db import Lane
+from eventindex.deps import DatabaseDep, SettingsDep
 from eventindex.pairs import PairParser, PairSyntaxError
 from eventindex.problems import Problem, problem_responses, validation_problem
 from eventindex.schemas import ASCII_DIGITS, Event, LookupResponse, parse_lookup_request
@@ -41,10 +42,9 @@ _LINE_TYPES = {
 async def get_event(
     run_number: Annotated[int, Path(ge=0, le=MAX_RUN_NUMBER, examples=[1234]), ASCII_DIGITS],
     event_number: Annotated[int, Path(ge=0, le=MAX_EVENT_NUMBER, examples=[56789]), ASCII_DIGITS],
-    pool: ReadPoolDep,
-    settings: SettingsDep,
+    db: DatabaseDep,
 ) -> Response:
-    row = await lookup.get_event(pool, run_number, event_number, settings.pool_acquire_timeout)
+    row = await lookup.get_event(db.reads, run_number, event_number)
     if row is None:
         raise Problem(
             404,
@@ -99,7 +99,7 @@ _LOOKUP_BODY_DOC: dict[str, Any] = {
 )
 async def lookup_pairs(
     request: Request,
-    pool: ReadPoolDep,
+    db: DatabaseDep,
     settings: SettingsDep,
     invalid: Annotated[
         Literal["fail", "report"],
@@ -123,13 +123,13 @@ async def lookup_pairs(
             raise validation_problem(exc.errors(), "pairs") from None
         _check_count(len(runs), settings)
         if wants_stream:
-            return LookupStream(pool, settings, (runs, events))
-        return await _json_answer(request, pool, settings, runs, events)
+            return LookupStream(db.reads, settings, (runs, events))
+        return await _json_answer(request, db.reads, settings, runs, events)
 
     if media in _LINE_TYPES:
         report = invalid == "report"
         if wants_stream or "application/json" not in accept:
-            return LookupStream(pool, settings, report_invalid=report)
+            return LookupStream(db.reads, settings, report_invalid=report)
         body = await _read_limited(request, settings.max_body_bytes, settings.body_timeout)
         parser = PairParser(collect_errors=True)
         runs, events = parser.feed(body)
@@ -139,7 +139,9 @@ async def lookup_pairs(
             raise Problem(422, "no-pairs", "No pairs", "The request body contains no pairs.")
         _check_count(len(runs), settings)
         extra = {"invalid_lines": [{"line": e.line, "error": e.reason} for e in parser.errors]}
-        return await _json_answer(request, pool, settings, runs, events, extra if report else None)
+        return await _json_answer(
+            request, db.reads, settings, runs, events, extra if report else None
+        )
 
     raise Problem(
         415,
@@ -164,7 +166,7 @@ def _check_count(n: int, settings: Settings) -> None:
 
 async def _read_limited(request: Request, limit: int, timeout: float) -> bytes:
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise _body_too_large(limit)
     chunks: list[bytes] = []
     size = 0
@@ -194,20 +196,19 @@ def _body_too_large(limit: int) -> Problem:
 
 async def _json_answer(
     request: Request,
-    pool: ReadPoolDep,
+    lane: Lane,
     settings: Settings,
     runs: list[int],
     events: list[int],
     extra: dict[str, Any] | None = None,
 ) -> Response:
     result = await lookup.lookup_all(
-        pool,
+        lane,
         runs,
         events,
         separator=",",
         batch_size=settings.lookup_batch_size,
         connections=settings.stream_connections,
-        timeout=settings.pool_acquire_timeout,
     )
     request.state.pairs = result.requested
     summary = {

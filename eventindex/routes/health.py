@@ -9,7 +9,8 @@ from fastapi import APIRouter
 from fastapi.responses import Response
 
 from eventindex import migrate, queries
-from eventindex.db import UNAVAILABLE_ERRORS, PoolDep, acquire
+from eventindex.db import UNAVAILABLE_ERRORS
+from eventindex.deps import DatabaseDep
 from eventindex.schemas import Health, Readiness
 
 router = APIRouter(tags=["health"])
@@ -28,9 +29,9 @@ async def health() -> dict[str, str]:
     summary="The database is reachable and fully migrated",
     responses={503: {"model": Readiness}},
 )
-async def ready(pool: PoolDep) -> Any:
+async def ready(db: DatabaseDep) -> Any:
     try:
-        async with acquire(pool, _READY_TIMEOUT) as conn:
+        async with db.connection(timeout=_READY_TIMEOUT) as conn:
             await conn.fetchval(queries.PING, timeout=_READY_TIMEOUT)
             pending = [m.name for m in await migrate.pending(conn)]
     except UNAVAILABLE_ERRORS:

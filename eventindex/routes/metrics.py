@@ -9,7 +9,8 @@ from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from eventindex import queries
-from eventindex.db import UNAVAILABLE_ERRORS, PoolDep, SettingsDep, acquire
+from eventindex.db import UNAVAILABLE_ERRORS
+from eventindex.deps import DatabaseDep, SettingsDep
 from eventindex.metrics import Metrics
 from eventindex.problems import Problem, problem_responses
 from eventindex.ratelimit import charge_of
@@ -29,7 +30,7 @@ router = APIRouter(tags=["operations"])
         **problem_responses(401),
     },
 )
-async def metrics(request: Request, pool: PoolDep, settings: SettingsDep) -> Response:
+async def metrics(request: Request, db: DatabaseDep, settings: SettingsDep) -> Response:
     if settings.metrics_token is not None:
         expected = "Bearer " + settings.metrics_token.get_secret_value()
         given = request.headers.get("authorization", "")
@@ -48,7 +49,7 @@ async def metrics(request: Request, pool: PoolDep, settings: SettingsDep) -> Res
             charge.principal("metrics", "scraper")
     registry: Metrics = request.app.state.metrics
     try:
-        async with acquire(pool, 2.0) as conn:
+        async with db.connection(read=True, timeout=2.0) as conn:
             registry.set_loaded(int(await conn.fetchval(queries.EVENTS_LOADED, timeout=2.0)))
     except (*UNAVAILABLE_ERRORS,):
         pass  # the rest of the metrics matter most when the database is away

@@ -12,7 +12,7 @@ from pydantic import AwareDatetime, BaseModel, Field, ValidationError, field_val
 
 from eventindex import tokens
 from eventindex.auth import require
-from eventindex.db import PoolDep, SettingsDep, acquire
+from eventindex.deps import DatabaseDep, WriteConnection
 from eventindex.problems import Problem, problem_responses
 
 router = APIRouter(prefix="/v1/tokens", tags=["tokens"], dependencies=[Depends(require("admin"))])
@@ -94,9 +94,10 @@ async def read_token_request(request: Request) -> TokenRequest:
     },
     openapi_extra=_TOKEN_BODY_DOC,
 )
-async def create_token(request: Request, pool: PoolDep, settings: SettingsDep) -> Any:
+async def create_token(request: Request, db: DatabaseDep) -> Any:
     body = await read_token_request(request)
-    async with acquire(pool, settings.pool_acquire_timeout) as conn:
+    # Acquired after the body is in: a slow upload holds no connection.
+    async with db.connection() as conn:
         try:
             token, record = await tokens.create(conn, body.name, body.scopes, body.expires_at)
         except tokens.TokenExists as exc:
@@ -107,18 +108,15 @@ async def create_token(request: Request, pool: PoolDep, settings: SettingsDep) -
 
 
 @router.get("", response_model=list[TokenInfo], responses=problem_responses(401, 403, 503))
-async def list_tokens(pool: PoolDep, settings: SettingsDep) -> Any:
-    async with acquire(pool, settings.pool_acquire_timeout) as conn:
-        return await tokens.list_all(conn)
+async def list_tokens(conn: WriteConnection) -> Any:
+    return await tokens.list_all(conn)
 
 
 @router.delete("/{name}", status_code=204, responses=problem_responses(401, 403, 404, 422, 503))
 async def revoke_token(
     name: Annotated[str, Path(pattern=tokens.NAME_PATTERN)],
-    pool: PoolDep,
-    settings: SettingsDep,
+    conn: WriteConnection,
 ) -> Response:
-    async with acquire(pool, settings.pool_acquire_timeout) as conn:
-        if not await tokens.revoke(conn, name):
-            raise Problem(404, "token-not-found", "Token not found", f"No live token {name!r}.")
+    if not await tokens.revoke(conn, name):
+        raise Problem(404, "token-not-found", "Token not found", f"No live token {name!r}.")
     return Response(status_code=204)
