@@ -105,26 +105,39 @@ async def overlap(conn: Connection, scope: Scope) -> dict[str, Any]:
     return {"decisions": [r["name"] for r in bits], "matrix": matrix, "n_events": total}
 
 
+def _counted(rows: list[Any], *drop: str) -> tuple[int, list[dict[str, Any]]]:
+    """The exact total a window count gave, and the listed rows without the totals."""
+    total = int(rows[0]["total"]) if rows else 0
+    return total, [{k: v for k, v in dict(r).items() if k not in ("total", *drop)} for r in rows]
+
+
 async def consistency(conn: Connection, dataset: int, gaps: bool, limit: int) -> dict[str, Any]:
+    """The dataset's consistency report. Lists hold at most ``limit`` items; the ``n_``
+    counts beside them are exact. Problems are files whose recorded count differs from the
+    events found and conflicting duplicates; gaps in event numbering are listed when asked
+    for but are not problems (the Online Filter drops events)."""
     name = await conn.fetchval(queries.DATASET_EXISTS, dataset)
     if name is None:
         raise Problem(404, "dataset-not-found", "Dataset not found", f"No dataset {dataset}.")
-    mismatched = [dict(r) for r in await conn.fetch(queries.FILE_COUNT_MISMATCHES, dataset, limit)]
-    conflict_rows = await conn.fetch(queries.DATASET_CONFLICTS, dataset, limit)
-    conflicts = [{k: v for k, v in dict(r).items() if k != "total"} for r in conflict_rows]
-    n_conflicts = conflict_rows[0]["total"] if conflict_rows else 0
-    loads = [dict(r) for r in await conn.fetch(queries.LOADS_WITH_DUPLICATES)]
+    n_mismatched, mismatched = _counted(
+        await conn.fetch(queries.FILE_COUNT_MISMATCHES, dataset, limit)
+    )
+    n_conflicts, conflicts = _counted(await conn.fetch(queries.DATASET_CONFLICTS, dataset, limit))
+    loads = [dict(r) for r in await conn.fetch(queries.LOADS_WITH_DUPLICATES, dataset)]
     report: dict[str, Any] = {
         "dataset": {"id": dataset, "name": name},
         "files_with_wrong_counts": mismatched,
+        "n_files_with_wrong_counts": n_mismatched,
         "conflicting_duplicates": {"total": n_conflicts, "first": conflicts},
         "loads_with_duplicates": loads,
     }
-    problems = len(mismatched) + n_conflicts
     if gaps:
-        found = [dict(r) for r in await conn.fetch(queries.EVENT_GAPS, dataset, limit)]
+        rows = await conn.fetch(queries.EVENT_GAPS, dataset, limit)
+        n_gaps, found = _counted(rows, "missing_total")
         report["gaps"] = found
-        problems += len(found)
+        report["n_gaps"] = n_gaps
+        report["missing_events"] = int(rows[0]["missing_total"]) if rows else 0
+    problems = n_mismatched + n_conflicts
     report["problems"] = problems
     report["status"] = "ok" if problems == 0 else "problems"
     return report

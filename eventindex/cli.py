@@ -319,20 +319,53 @@ def cmd_check(args: argparse.Namespace) -> int:
     reports = asyncio.run(run())
     if args.json:
         print(orjson.dumps(reports, default=str).decode())
-    for r in reports:
-        if args.json:
-            break
-        d = r["dataset"]
-        line = f"dataset {d['id']} {d['name']}: {r['status']}"
-        if r["problems"]:
-            line += (
-                f" ({len(r['files_with_wrong_counts'])} files with wrong counts, "
-                f"{r['conflicting_duplicates']['total']} conflicting duplicates"
-                + (f", {len(r['gaps'])} gaps" if "gaps" in r else "")
-                + ")"
-            )
-        print(line)
+    else:
+        for r in reports:
+            print("\n".join(describe_report(r, args.limit)))
     return EXIT_PROBLEMS if any(r["problems"] for r in reports) else 0
+
+
+def describe_report(r: dict[str, Any], limit: int) -> list[str]:
+    """A consistency report as text: a status line, then what was found, each list cut at
+    ``limit`` items with the exact number beside it."""
+    d = r["dataset"]
+    n_files = r["n_files_with_wrong_counts"]
+    n_conflicts = r["conflicting_duplicates"]["total"]
+    head = f"dataset {d['id']} {d['name']}: {r['status']}"
+    if r["problems"]:
+        head += f" ({n_files} files with wrong counts, {n_conflicts} conflicting duplicates)"
+    lines = [head]
+    for f in r["files_with_wrong_counts"]:
+        lines.append(
+            f"  file {f['fuid_raw']} (run {f['run_number']}): "
+            f"{f['recorded']} events recorded, {f['found']} found"
+        )
+    lines += _more(n_files, len(r["files_with_wrong_counts"]), "files", limit)
+    for c in r["conflicting_duplicates"]["first"]:
+        lines.append(
+            f"  conflicting duplicate: run {c['run_number']} event {c['event_number']} "
+            f"({c['source']} line {c['line']}: file {c['fuid_raw']}; kept file "
+            f"{c['existing_fuid_raw']})"
+        )
+    lines += _more(n_conflicts, len(r["conflicting_duplicates"]["first"]), "conflicts", limit)
+    if "gaps" in r:
+        lines.append(
+            f"  {r['n_gaps']} gaps in event numbering, {r['missing_events']} event numbers "
+            "missing (not a problem by itself: the Online Filter drops events)"
+        )
+        for g in r["gaps"]:
+            lines.append(
+                f"  gap: run {g['run_number']}, {g['missing']} missing after event "
+                f"{g['after_event']}"
+            )
+        lines += _more(r["n_gaps"], len(r["gaps"]), "gaps", limit)
+    return lines
+
+
+def _more(total: int, shown: int, what: str, limit: int) -> list[str]:
+    if total <= shown:
+        return []
+    return [f"  ... {total - shown} more {what} (--limit {limit} lists the first {shown})"]
 
 
 DEMO_EVENTS = 1_000_000
@@ -434,14 +467,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "check",
         help="consistency report per dataset (exit 4 when there are problems)",
-        description="Files whose event count differs from the events found, conflicting "
-        "duplicates the loader skipped, and with --gaps gaps in event numbering. Exit codes: "
-        "0 consistent, 4 problems found, 1 error, 2 usage.",
+        description="Files whose event count differs from the events found and conflicting "
+        "duplicates the loader skipped (problems), and with --gaps the gaps in event numbering "
+        "(listed, not problems: the Online Filter drops events). Lists stop at --limit items; "
+        "the counts beside them are exact. Exit codes: 0 no problems, 4 problems found, "
+        "1 error, 2 usage.",
     )
     p.add_argument("--database-url", help="PostgreSQL URL (default: EVENTINDEX_DATABASE_URL)")
     p.add_argument("--dataset", type=int, action="append", help="dataset id (default: all)")
-    p.add_argument("--gaps", action="store_true", help="also list gaps in event numbering")
-    p.add_argument("--limit", type=int, default=100, help="most items listed per kind")
+    p.add_argument(
+        "--gaps", action="store_true", help="also count and list gaps in event numbering"
+    )
+    p.add_argument(
+        "--limit", type=int, default=100, help="most items listed per kind (counts stay exact)"
+    )
     p.add_argument("--json", action="store_true", help="print the reports as JSON")
     p.set_defaults(func=cmd_check)
 

@@ -258,9 +258,15 @@ LOAD_WORK_MEM = "SELECT set_config('work_mem', $1, true)"
 
 RECORD_LOAD = """
 INSERT INTO loads (source, content_sha256, rows_read, events_inserted, duplicates_skipped,
-                   conflicts_skipped, started_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7)
+                   conflicts_skipped, started_at, duplicate_datasets)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
 RETURNING id
+"""
+
+# The datasets of the staged file's duplicate rows: each row's and the one kept.
+DUPLICATE_DATASETS = """
+SELECT coalesce(array_agg(DISTINCT d ORDER BY d), '{}')
+FROM event_duplicates, unnest(ARRAY[dsid_raw, kept_dsid_raw]) AS d
 """
 
 RECORD_CONFLICTS = """
@@ -358,7 +364,9 @@ ORDER BY event_number
 RUN_PAGE = """
 SELECT c.run_number, sum(c.n_events)::bigint AS n_events,
        array_agg(DISTINCT c.dsid_raw) AS datasets,
-       (SELECT count(*) FROM files AS f WHERE f.run_number = c.run_number) AS n_files
+       (SELECT count(*) FROM files AS f
+        WHERE f.run_number = c.run_number AND ($2::integer IS NULL OR f.dsid_raw = $2))
+           AS n_files
 FROM run_olt_counts AS c
 WHERE c.run_number > $1 AND ($2::integer IS NULL OR c.dsid_raw = $2)
 GROUP BY c.run_number
@@ -422,7 +430,8 @@ DATASET_EXISTS = "SELECT name FROM datasets WHERE id = $1"
 
 # Files whose recorded count differs from the events found in their key range.
 FILE_COUNT_MISMATCHES = """
-SELECT f.fuid_raw::text AS fuid_raw, f.run_number, f.n_events AS recorded, e.found
+SELECT count(*) OVER () AS total,
+       f.fuid_raw::text AS fuid_raw, f.run_number, f.n_events AS recorded, e.found
 FROM files AS f
 CROSS JOIN LATERAL (
     SELECT count(*) AS found FROM events AS x
@@ -443,19 +452,27 @@ ORDER BY c.load_id, c.line
 LIMIT $2
 """
 
+# Loads that met duplicates of dataset $1 (loads recorded before duplicate_datasets
+# existed: those whose recorded conflicts involve it).
 LOADS_WITH_DUPLICATES = """
-SELECT id, source, finished_at, duplicates_skipped, conflicts_skipped FROM loads
-WHERE duplicates_skipped > 0 OR conflicts_skipped > 0
-ORDER BY id
+SELECT l.id, l.source, l.finished_at, l.duplicates_skipped, l.conflicts_skipped FROM loads AS l
+WHERE (l.duplicates_skipped > 0 OR l.conflicts_skipped > 0)
+  AND ($1 = ANY (l.duplicate_datasets)
+       OR (l.duplicate_datasets IS NULL AND EXISTS (
+           SELECT 1 FROM load_conflicts AS c
+           WHERE c.load_id = l.id AND (c.dsid_raw = $1 OR c.existing_dsid_raw = $1))))
+ORDER BY l.id
 """
 
 EVENT_GAPS = """
-SELECT run_number, event_number AS after_event, next_event - event_number - 1 AS missing
+SELECT count(*) OVER () AS total, sum(next_event - event_number - 1) OVER () AS missing_total,
+       run_number, event_number AS after_event, next_event - event_number - 1 AS missing
 FROM (
     SELECT run_number, event_number,
            lead(event_number) OVER (PARTITION BY run_number ORDER BY event_number) AS next_event
     FROM events
     WHERE run_number IN (SELECT DISTINCT run_number FROM files WHERE dsid_raw = $1)
+      AND dsid_raw = $1
 ) AS e
 WHERE next_event > event_number + 1
 ORDER BY run_number, event_number

@@ -284,3 +284,117 @@ async def test_consistency_report_and_check_command(
     )
     assert check.returncode == 4
     assert "1 files with wrong counts, 1 conflicting duplicates" in check.stdout
+
+
+# --- scopes of a dataset (issue 16, findings 5 and 6), on a catalogue made for them -----------
+
+MIXED_RUN = 7102
+
+
+def _fuid(dataset: int, k: int) -> str:
+    return f"00000000-0000-4000-8000-{dataset:06d}{k:06d}"
+
+
+def _mixed_rows() -> list[Row]:
+    """Run 7102: three files of dataset 41 (events 0-29), three of dataset 42 (events
+    100-129, with event 115 missing: one gap of one event); run 7103: one file of 42."""
+    rows: list[Row] = []
+    for k in range(3):
+        rows += [(MIXED_RUN, 10 * k + i, 1, 41, _fuid(41, k)) for i in range(10)]
+    for k in range(3):
+        rows += [
+            (MIXED_RUN, 100 + 10 * k + i, 2, 42, _fuid(42, k))
+            for i in range(10)
+            if 100 + 10 * k + i != 115
+        ]
+    rows += [(MIXED_RUN + 1, i, 2, 42, _fuid(42, 9)) for i in range(0, 20, 2)]  # 9 gaps
+    return rows
+
+
+def _write(path: Path, rows: list[Row]) -> None:
+    lines = ["run_number,event_number,olt_result,dsid_raw,fuid_raw"]
+    lines += [",".join(map(str, r)) for r in rows]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _load(url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "tools.store_events", *args, "--database-url", url],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+@pytest.fixture(scope="module")
+async def mixed(server_url: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
+    out = tmp_path_factory.mktemp("mixed")
+    (out / "datasets.csv").write_text(
+        "id,name,data_type,description\n41,spd.mixed.a,raw,a\n42,spd.mixed.b,raw,b\n"
+    )
+    _write(out / "events.csv", _mixed_rows())
+    name = "eventindex_mixed_test"
+    url = await create_database(server_url, name)
+    conn = await asyncpg.connect(url)
+    await migrate.apply(conn)
+    await conn.close()
+    assert (loaded := _load(url, str(out))).returncode == 0, loaded.stderr
+    # A second load meets an identical duplicate of dataset 41 only.
+    _write(out / "again.csv", [_mixed_rows()[0]])
+    assert (again := _load(url, str(out / "again.csv"))).returncode == 0, again.stderr
+    yield url
+    await drop_database(server_url, name)
+
+
+async def test_runs_of_a_dataset_count_only_its_files(mixed: str) -> None:
+    rows = _mixed_rows()
+    async for api in app_client(Settings(database_url=mixed)):
+        for dataset in (None, 41, 42):
+            params = {} if dataset is None else {"dataset": dataset}
+            items = (await api.get("/v1/runs", params=params)).json()["items"]
+            got = {i["run_number"]: (i["n_events"], i["n_files"]) for i in items}
+            mine = [r for r in rows if dataset is None or r[3] == dataset]
+            expected = {
+                run: (
+                    sum(1 for r in mine if r[0] == run),
+                    len({r[4] for r in mine if r[0] == run}),
+                )
+                for run in {r[0] for r in mine}
+            }
+            assert got == expected, dataset
+        # The issue's example: 3 files of each dataset in the run, not 6 for each.
+        assert expected[MIXED_RUN] == (29, 3)
+
+
+async def test_consistency_report_is_the_datasets_own(mixed: str) -> None:
+    async for api in app_client(Settings(database_url=mixed)):
+        a = (await api.get("/v1/datasets/41/consistency")).json()
+        b = (await api.get("/v1/datasets/42/consistency", params={"gaps": "true"})).json()
+    assert [x["duplicates_skipped"] for x in a["loads_with_duplicates"]] == [1]
+    assert b["loads_with_duplicates"] == []  # the duplicate was dataset 41's
+    # Gaps: one of one event in run 7102, nine of one event in run 7103: listed, exact
+    # counts, and not problems.
+    assert (b["n_gaps"], b["missing_events"], b["problems"], b["status"]) == (10, 10, 0, "ok")
+
+
+def test_check_lists_gaps_with_exact_counts_and_exits_0(mixed: str) -> None:
+    command = ["check", "--database-url", mixed, "--dataset", "42", "--gaps", "--limit", "3"]
+    result = subprocess.run(
+        [sys.executable, "-m", "eventindex", *command],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr  # gaps are not problems
+    lines = result.stdout.splitlines()
+    assert lines[0] == "dataset 42 spd.mixed.b: ok"
+    assert "10 gaps in event numbering, 10 event numbers missing" in lines[1]
+    gap_lines = [x for x in lines if x.startswith("  gap: ")]
+    assert gap_lines == [
+        f"  gap: run {MIXED_RUN}, 1 missing after event 114",
+        f"  gap: run {MIXED_RUN + 1}, 1 missing after event 0",
+        f"  gap: run {MIXED_RUN + 1}, 1 missing after event 2",
+    ]
+    assert lines[-1] == "  ... 7 more gaps (--limit 3 lists the first 3)"

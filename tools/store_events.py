@@ -240,6 +240,7 @@ class FileResult:
     careful: bool = False
     # Loads on a shard are recorded by the coordinator: they hand their conflicts over.
     conflict_rows: list[tuple[Any, ...]] = field(default_factory=list)
+    duplicate_datasets: set[int] = field(default_factory=set)
 
     def summary(self) -> str:
         rate = self.rows / self.seconds if self.seconds else 0.0
@@ -402,6 +403,7 @@ class Loader:
                         0,
                         0,
                         started_at,
+                        [],
                     )
             return FileResult(source.name, rows, rows, 0, 0, time.monotonic() - started)
         except (asyncpg.UniqueViolationError, asyncpg.ForeignKeyViolationError):
@@ -453,6 +455,7 @@ class Loader:
             counts = await conn.fetchrow(queries.DUPLICATE_COUNTS)
             assert counts is not None
             identical, conflicts = int(counts["identical"]), int(counts["conflicting"])
+            duplicate_datasets: list[int] = await conn.fetchval(queries.DUPLICATE_DATASETS)
             if conflicts and self.on_conflict == "fail":
                 first = await conn.fetch(queries.FIRST_CONFLICTS, 1)
                 c = first[0]
@@ -479,6 +482,7 @@ class Loader:
                     identical,
                     conflicts,
                     started_at,
+                    duplicate_datasets,
                 )
                 if conflicts:
                     await conn.execute(queries.RECORD_CONFLICTS, load_id)
@@ -503,6 +507,7 @@ class Loader:
             previous_load=previous if previous != load_id else None,
             careful=True,
             conflict_rows=conflict_rows,
+            duplicate_datasets=set(duplicate_datasets),
         )
 
     async def _open_private_stage(self) -> None:
@@ -789,6 +794,7 @@ async def _load_sharded_file(
             total.identical += result.identical
             total.conflicts += result.conflicts
             total.conflict_rows += result.conflict_rows
+            total.duplicate_datasets |= result.duplicate_datasets
     finally:
         parts.close()
     coordinator = loader.conn
@@ -802,6 +808,7 @@ async def _load_sharded_file(
         total.identical,
         total.conflicts,
         started_at,
+        sorted(total.duplicate_datasets),
     )
     total.conflict_rows.sort(key=lambda row: row[0])
     if total.conflict_rows:
