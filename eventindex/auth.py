@@ -116,11 +116,16 @@ class JwtVerifier:
             raise _unauthorized(
                 "The JWT is signed with a key the issuer does not publish."
             ) from None
+        # Only the algorithm the key is published for: a header naming another (ES256
+        # against an RSA key, PS256 for an RS256 key) is refused, not tried.
+        algorithm = key.algorithm_name
+        if algorithm not in _JWT_ALGORITHMS:
+            raise _unauthorized("The JWT's signing key is not for an accepted algorithm.")
         try:
             claims = jwt.decode(
                 token,
                 key.key,
-                algorithms=_JWT_ALGORITHMS,
+                algorithms=[algorithm],
                 audience=self.audience,
                 issuer=self.issuer,
                 options={"require": ["exp", "iss", "aud", "sub"]},
@@ -128,7 +133,8 @@ class JwtVerifier:
             )
         except jwt.ExpiredSignatureError:
             raise _unauthorized("The token has expired.") from None
-        except jwt.InvalidTokenError as exc:
+        except (jwt.InvalidTokenError, TypeError, ValueError) as exc:
+            # TypeError/ValueError: the library met a key and a token that do not go together.
             raise _unauthorized(f"The token is not valid here ({type(exc).__name__}).") from None
         subject = claims["sub"]
         if not isinstance(subject, str) or not subject:
@@ -139,7 +145,7 @@ class JwtVerifier:
         if granted is None:
             values: list[str] = []
         elif isinstance(granted, str):
-            values = granted.split()
+            values = granted.split(" ")  # RFC 6749: scopes are separated by spaces only
         elif isinstance(granted, list) and all(isinstance(v, str) for v in granted):
             values = granted
         else:

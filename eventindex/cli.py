@@ -126,8 +126,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "log_config": None,  # logging is configured above
         "access_log": False,  # one line per request comes from the app, with its id
         "timeout_graceful_shutdown": settings.shutdown_grace_seconds,
-        "proxy_headers": True,
-        "forwarded_allow_ips": settings.forwarded_allow_ips,
+        # Only a configured proxy may say who the client is (X-Forwarded-For).
+        "proxy_headers": bool(settings.forwarded_allow_ips),
+        "forwarded_allow_ips": settings.forwarded_allow_ips or None,
         "server_header": False,  # no software version for scanners
         "timeout_keep_alive": settings.keepalive_timeout,
         "http": protocol_factory(

@@ -7,6 +7,7 @@ import re
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -111,7 +112,10 @@ class Settings(BaseSettings):
     )
     ssl_client_cert_required: bool = False
     forwarded_allow_ips: str = Field(
-        default="127.0.0.1", description="proxies whose X-Forwarded-* headers are trusted"
+        default="",
+        description="addresses of the reverse proxies whose X-Forwarded-For/-Proto headers "
+        "are trusted (comma-separated); none by default, so that no client can forge its "
+        "address",
     )
     workers: Annotated[int, Field(ge=1, le=64)] = 1
     host: str = "127.0.0.1"
@@ -237,7 +241,14 @@ class Settings(BaseSettings):
                 "EVENTINDEX_AUTH_REQUIRED, or set EVENTINDEX_ALLOW_OPEN_SERVICE=true if an "
                 "open service is really wanted"
             )
-        if not is_loopback_host(self.host):
+        for origin in self.cors_origins:
+            if not is_loopback_host(urlsplit(origin).hostname or ""):
+                raise ValueError(
+                    f"EVENTINDEX_CORS_ORIGINS {origin!r} would let that site's pages read a "
+                    f"service without authentication; list only http://localhost origins, or "
+                    f"turn authentication on"
+                )
+        if not is_loopback_listener(self.host):
             raise ValueError(
                 f"EVENTINDEX_HOST {self.host!r} is a network address, and without "
                 f"authentication the service serves only this machine (use 127.0.0.1, "
@@ -278,15 +289,28 @@ class Settings(BaseSettings):
 
 
 def is_loopback_host(host: str) -> bool:
-    """Whether ``host`` (a name or address, as a listener or a Host header has it) is this
-    machine's loopback: ``localhost``, ``*.localhost``, 127.0.0.0/8, ``::1``."""
-    name = host.strip().lower().rstrip(".")
+    """Whether ``host`` (a name or address as a Host header or an origin has it, without a
+    port) names this machine's loopback: ``localhost``, ``*.localhost`` (which browsers
+    resolve to loopback themselves), 127.0.0.0/8, ``[::1]``."""
+    name = host.lower()
+    name = name[:-1] if name.endswith(".") else name
     if name.startswith("[") and name.endswith("]"):
         name = name[1:-1]
     if name == "localhost" or name.endswith(".localhost"):
         return True
     try:
         return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def is_loopback_listener(host: str) -> bool:
+    """Whether the service listening on ``host`` is reachable from this machine only: a
+    loopback address, or ``localhost`` (other names are resolved through DNS)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
 

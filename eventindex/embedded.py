@@ -18,6 +18,22 @@ class EmbeddedError(Exception):
     pass
 
 
+_SOCKET_SETTING = "unix_socket_permissions = 0700"
+
+
+def _owner_only_socket(pgdata: Path) -> None:
+    """The server trusts every local connection (no password): only its owner may open its
+    socket. The wheel puts the socket in a world-writable directory when pgdata's path is
+    too long for a socket name, and as root it opens that directory to everyone; root
+    itself still connects (permission checks do not apply to it)."""
+    conf = pgdata / "postgresql.conf"
+    text = conf.read_text()
+    if _SOCKET_SETTING not in text:
+        conf.write_text(
+            text.rstrip("\n") + "\n\n# eventindex: owner only\n" + _SOCKET_SETTING + "\n"
+        )
+
+
 def start(data_dir: Path, database: str = DATABASE) -> tuple[Any, str]:
     """Start (or reuse) the server under ``data_dir``; return it and a URL to ``database``.
 
@@ -38,7 +54,11 @@ def start(data_dir: Path, database: str = DATABASE) -> tuple[Any, str]:
     pgdata = data_dir.resolve() / "pgdata"
     pgdata.mkdir(parents=True, exist_ok=True)
     try:
-        server = get_server(pgdata, cleanup_mode="stop")
+        server = get_server(pgdata, cleanup_mode="stop", start=False)
+        with server._lock:
+            server.ensure_pgdata_inited()
+        _owner_only_socket(pgdata)
+        server.start()
     except Exception as exc:
         raise EmbeddedError(f"cannot start embedded PostgreSQL in {pgdata}: {exc}") from exc
     # psql (reading its stdin) is the only way in here and cannot bind parameters: the

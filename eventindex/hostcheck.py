@@ -10,17 +10,22 @@ and ``EVENTINDEX_ALLOW_OPEN_SERVICE`` is not set.
 
 from __future__ import annotations
 
+import re
+
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from eventindex.config import is_loopback_host
 from eventindex.problems import Problem
 
+# RFC 9110's Host: a name or an IPv4 address, or an IPv6 address in brackets; a port.
+_HOST = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(?::[0-9]{1,5})?")
+
 
 def host_name(header: str) -> str:
-    """The name in a Host header, without its port (``[::1]:8000`` -> ``[::1]``)."""
-    if header.startswith("["):
-        return header[: header.find("]") + 1] if "]" in header else header
-    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
+    """The name in a Host header without its port (``[::1]:8000`` -> ``[::1]``); empty
+    when the header is not a host at all."""
+    match = _HOST.fullmatch(header)
+    return match.group(1) if match else ""
 
 
 class LoopbackHostsOnly:

@@ -110,6 +110,18 @@ class GuardedProtocol(HttpToolsProtocol):
         # count; what is buffered is at most the limit plus one read.
         if self._in_head and self._head_bytes > self._limits.max_header_bytes:
             self._too_large(f"more than {self._limits.max_header_bytes} bytes")
+            return
+        if (
+            not self._refused
+            and self._head_timer is None
+            and self.timeout_keep_alive_task is None
+            and (self.cycle is None or self.cycle.response_complete)
+            and not self.transport.is_closing()
+        ):
+            # Bytes no request will read (the rest of a body its answer did not wait for):
+            # uvicorn dropped its keep-alive timer on them and arms none, so a client that
+            # sends a byte now and then would hold the connection for ever.
+            self._arm_head_timer()
 
     def send_400_response(self, msg: str) -> None:
         # A refusal raises out of a parser callback; the parser's error must not

@@ -94,20 +94,19 @@ class JwksCache:
         try:
             async with asyncio.timeout(self.timeout):
                 body = await self._download()
-            keyset = jwt.PyJWKSet.from_dict(orjson.loads(body))
+            keys = _usable_keys(orjson.loads(body))
         except TimeoutError:
             log.warning(
                 "the identity provider's keys (%s) did not come within %g s", self.url, self.timeout
             )
             return
-        except (httpx.HTTPError, orjson.JSONDecodeError, jwt.PyJWKSetError, _BadAnswer) as exc:
+        except (httpx.HTTPError, orjson.JSONDecodeError, _BadAnswer) as exc:
             log.warning("could not fetch the identity provider's keys (%s): %s", self.url, exc)
             return
         finally:
             # The cooldown runs from the end of an attempt: a slow provider is asked
             # again only ``cooldown`` seconds after it last answered (or failed to).
             self._attempted_at = time.monotonic()
-        keys = {k.key_id: k for k in keyset.keys if k.key_id and k.public_key_use in ("sig", None)}
         dropped = sorted(set(self._keys) - set(keys))
         if dropped:
             log.info("identity provider keys no longer trusted: %s", ", ".join(dropped))
@@ -128,3 +127,15 @@ class JwksCache:
 
 class _BadAnswer(Exception):
     pass
+
+
+def _usable_keys(document: object) -> dict[str, jwt.PyJWK]:
+    """The signing keys of a JWKS document by key id. A document with no usable key is a
+    provider that trusts no key now (every token is refused), not a failed fetch."""
+    if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
+        raise _BadAnswer("not a JWK set")
+    try:
+        keyset = jwt.PyJWKSet.from_dict(document)
+    except jwt.PyJWKSetError:
+        return {}  # no key it could use: an empty set
+    return {k.key_id: k for k in keyset.keys if k.key_id and k.public_key_use in ("sig", None)}

@@ -2,25 +2,28 @@
 
 Who a client is depends on what the service knows of it:
 
-- a request without a credential is charged to its address;
-- a request with a credential is charged to the principal the credential proves
-  (an API token's name, a JWT's subject), once the authenticator has checked it,
-  so a grid job's many hosts share one budget and reformatting the header gives
-  no fresh one;
-- a credential that fails is charged to the address it came from, and an address
-  whose budget is spent is refused before its next credential is even checked,
-  so guessing tokens costs the guesser, not the database.
+- a request without a credential is charged to its address (``a:``);
+- a request with a credential is charged up front to its address's budget for
+  credentials (``c:``), before the credential is checked, so that guesses sent
+  all at once are limited as well as guesses sent one by one; when the credential
+  proves a principal (an API token's name, a JWT's subject) that charge is given
+  back and the principal's own budget is charged instead, so a grid job's many
+  hosts share one budget, rewriting the header buys nothing, and neither anonymous
+  traffic nor guessing from a shared address (a NAT) spends a valid holder's budget;
+- a failed credential keeps its charge: guessing costs the guesser, not the database.
 
-A credentialed request that nothing authenticated (a path outside the API) is
-charged to its address when it ends. Buckets live in one worker process: with N
-workers a client may get up to N times the rate (docs/security.md). The table of
-buckets is bounded; when it is full, only buckets that have refilled (which are
-the same as no bucket) are forgotten, and newcomers beyond share one bucket, so
-no client can make the service forget another's spending.
+Addresses are read as IP addresses (IPv6 by its /64 network, which one host may
+hold whole); anything else shares one key, so the table cannot grow by odd
+values. Buckets live in one worker process: with N workers a client may get up to
+N times the rate (docs/security.md). The table is bounded; when it is full, only
+buckets that have refilled (which are the same as no bucket) are forgotten, and
+newcomers beyond share one bucket, so no client can make the service forget
+another's spending.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import time
 from dataclasses import dataclass, field
@@ -60,6 +63,12 @@ class RateLimiter:
         self.buckets[key] = (tokens, now)
         return (1.0 - tokens) / self.rate
 
+    def refund(self, key: str) -> None:
+        """Give back one request taken from ``key`` (never above the burst)."""
+        now = time.monotonic()
+        if key in self.buckets:
+            self.buckets[key] = (min(self.burst, self._level(key, now) + 1.0), now)
+
     def wait(self, key: str) -> float:
         """Like :meth:`take` without spending: 0 if ``key`` has budget left."""
         tokens = self._level(key, time.monotonic())
@@ -87,28 +96,44 @@ class RateLimiter:
 
 @dataclass
 class Charge:
-    """One request's account with the limiter; the authenticator settles it."""
+    """One credentialed request's account with the limiter; the authenticator settles it.
+    The request has been charged to its address's budget for credentials already."""
 
     limiter: RateLimiter
     address: str
     settled: bool = field(default=False)
 
     def principal(self, kind: str, name: str) -> None:
-        """The credential proved ``name``: charge it (429 if it is over its budget)."""
+        """The credential proved ``name``: charge it instead (429 if it is over its
+        budget)."""
         self.settled = True
+        self.limiter.refund(self.address)
         wait = self.limiter.take(f"p:{kind}:{name}")
         if wait > 0:
             raise self.limiter.too_many(wait)
 
     def failure(self) -> None:
-        """The credential failed: charge the address it came from."""
+        """The credential failed: its address keeps the charge."""
         self.settled = True
-        self.limiter.take(self.address)
 
 
 def charge_of(scope: Scope) -> Charge | None:
     charge: Charge | None = scope.get(SCOPE_KEY)
     return charge
+
+
+def client_key(scope: Scope) -> str:
+    """The client's address as a bucket key: an IP address, IPv6 by its /64."""
+    client = scope.get("client")
+    try:
+        address = ipaddress.ip_address(client[0] if client else "")
+    except ValueError:
+        return "unknown"
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
 
 
 class RateLimit:
@@ -120,21 +145,14 @@ class RateLimit:
         if scope["type"] != "http" or scope["path"].startswith(_EXEMPT):
             await self.app(scope, receive, send)
             return
-        client = scope.get("client")
-        address = "a:" + (client[0] if client else "?")
+        address = client_key(scope)
         credential = any(name == b"authorization" for name, _ in scope.get("headers", []))
-        # A credential is charged once it is checked; it is refused now if this address
-        # has spent its budget (on failed credentials, or on anonymous requests).
-        wait = self.limiter.wait(address) if credential else self.limiter.take(address)
+        key = ("c:" if credential else "a:") + address
+        wait = self.limiter.take(key)
         if wait > 0:
             await self.limiter.too_many(wait).response(scope["path"])(scope, receive, send)
             return
         if not credential:
             await self.app(scope, receive, send)
             return
-        charge = Charge(self.limiter, address)
-        try:
-            await self.app({**scope, SCOPE_KEY: charge}, receive, send)
-        finally:
-            if not charge.settled:
-                self.limiter.take(address)
+        await self.app({**scope, SCOPE_KEY: Charge(self.limiter, key)}, receive, send)

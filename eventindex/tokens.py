@@ -13,7 +13,7 @@ from eventindex import queries
 from eventindex.auth import SCOPES, new_token, token_digest
 from eventindex.db import Connection
 
-_DURATION = re.compile(r"^(\d+)([dhm])$")
+_DURATION = re.compile(r"^([0-9]+)([dhm])$")
 
 
 NAME_PATTERN = r"^[A-Za-z0-9._@-]{1,100}$"
@@ -36,12 +36,17 @@ def parse_expiry(text: str | None, now: datetime | None = None) -> datetime | No
     if match:
         n, unit = int(match.group(1)), match.group(2)
         unit_length = {"d": timedelta(days=1), "h": timedelta(hours=1), "m": timedelta(minutes=1)}
-        return now + n * unit_length[unit]
+        try:
+            return now + n * unit_length[unit]
+        except OverflowError:
+            raise TokenError(f"expiry {text!r} is too far in the future") from None
     try:
         when = datetime.fromisoformat(text)
+        when = (when if when.tzinfo else when.replace(tzinfo=UTC)).astimezone(UTC)
+    except OverflowError:
+        raise TokenError(f"expiry {text!r} is too far in the future") from None
     except ValueError:
         raise TokenError(f"expiry {text!r} is neither like 30d, 12h, 45m nor an ISO date") from None
-    when = when if when.tzinfo else when.replace(tzinfo=UTC)
     if when <= now:
         raise TokenError(f"expiry {text!r} is not in the future")
     return when

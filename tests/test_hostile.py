@@ -391,6 +391,25 @@ async def test_header_floods_get_431_and_cost_no_memory(
     await still_serves(http)
 
 
+async def test_unread_body_bytes_do_not_keep_a_connection_for_ever(server: Server) -> None:
+    """Found by the adversarial pass: a request with a body its answer does not wait for,
+    then one body byte: uvicorn cancelled its keep-alive timer and armed none, so 2048
+    such sockets held every connection slot (503 for everyone) as long as they liked."""
+    reader, writer = await asyncio.open_connection(*address(server))
+    try:
+        writer.write(b"GET /health HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1000\r\n\r\n")
+        await writer.drain()
+        assert (await read_reply(reader)).status == 200
+        writer.write(b"1")
+        await writer.drain()
+        # Closed after the head timeout (2 s here); a hang would never end.
+        async with asyncio.timeout(20):
+            rest = await reader.read()
+        assert rest == b"" or rest.startswith(b"HTTP/1.1 408")
+    finally:
+        writer.close()
+
+
 async def test_head_over_the_limit_in_one_read_gets_431(
     server: Server, http: httpx.AsyncClient
 ) -> None:

@@ -636,3 +636,185 @@ async def test_hsts_only_over_https(database_url: str) -> None:
     async for client in app_client(Settings(database_url=database_url)):
         plain = await client.get("/health")
         assert "strict-transport-security" not in plain.headers
+
+
+# --- Found by the adversarial pass after the fixes above -----------------------------------------
+
+
+def _unsigned(header: dict[str, Any]) -> str:
+    import base64
+
+    def part(obj: dict[str, Any]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(obj).encode()).rstrip(b"=").decode()
+
+    return f"{part(header)}.{part({})}.AAAA"
+
+
+async def test_jwt_for_another_algorithm_than_its_key_is_401(
+    database_url: str, provider: Provider
+) -> None:
+    """Found: an unsigned token whose header said ES256 for the provider's RSA key made
+    PyJWT raise TypeError: 500 (and a traceback) for anyone, whenever OIDC was on."""
+    async for client in app_client(oidc_settings(database_url, provider.url)):
+        assert await status(client, provider.token("k1")) == 200
+        for alg in ("ES256", "ES384", "PS256", "HS256", "none"):
+            answer = await client.get(
+                "/v1/datasets", headers=bearer(_unsigned({"alg": alg, "kid": "k1"}))
+            )
+            assert answer.status_code == 401, (alg, answer.text)
+        # Validly signed with the provider's key, but PS256 where the JWKS says RS256.
+        body = {"iss": "https://iam.spd.test", "aud": "eventindex", "sub": "x",
+                "exp": int(time.time()) + 60, "scope": "eventindex:read"}  # fmt: skip
+        pss = jwt.encode(body, provider.keys["k1"], algorithm="PS256", headers={"kid": "k1"})
+        assert await status(client, pss) == 401
+
+
+async def test_an_empty_key_set_trusts_no_key(database_url: str, provider: Provider) -> None:
+    """Found: a JWKS of no keys was taken for a failed fetch, and the old keys stayed
+    trusted for up to twice the refresh interval."""
+    settings = oidc_settings(database_url, provider.url, oidc_jwks_refresh_cooldown=0)
+    async for client in app_client(settings):
+        old = provider.token("k1")
+        assert await status(client, old) == 200
+        signer = provider.keys.pop("k1")
+        assert await status(client, provider.token("k9", key=signer)) == 401  # a fetch
+        assert await status(client, old) == 401
+
+
+async def test_concurrent_guesses_are_limited_too(database_url: str) -> None:
+    """Found: the address was checked before authentication and charged after it, so
+    1,000 guesses sent at once were all checked against the database."""
+    async for client, _ in limited_client(limited(database_url), "192.0.2.7"):
+        answers = await asyncio.gather(
+            *(client.get("/v1/datasets", headers=bearer(f"ei_burst{i}")) for i in range(40))
+        )
+        codes = [a.status_code for a in answers]
+        assert codes.count(401) == 5, codes  # the burst, no more
+        assert codes.count(429) == 35, codes
+
+
+async def test_anonymous_traffic_does_not_lock_out_a_token_holder(database_url: str) -> None:
+    """Found: once an address had spent its budget on anonymous requests, a valid token
+    from the same address (a NAT, a site proxy) got 429 before it was even checked."""
+    token = new_token(database_url, "behind-nat", "read")
+    async for client, _ in limited_client(limited(database_url), "192.0.2.8"):
+        anonymous = [(await client.get("/v1/datasets")).status_code for _ in range(8)]
+        assert anonymous == [401] * 5 + [429] * 3
+        holder = [
+            (await client.get("/v1/datasets", headers=bearer(token))).status_code for _ in range(5)
+        ]
+        assert holder == [200] * 5
+
+
+def test_client_keys_are_bounded_addresses() -> None:
+    from eventindex.ratelimit import client_key
+
+    def key(host: str) -> str:
+        return client_key({"client": (host, 1)})
+
+    assert key("192.0.2.1") == "192.0.2.1"
+    # One host may hold a whole /64: its addresses share a bucket.
+    assert key("2001:db8:1:2::1") == key("2001:db8:1:2:ffff::9") == "2001:db8:1:2::/64"
+    assert key("2001:db8:1:3::1") != key("2001:db8:1:2::1")
+    assert key("::ffff:192.0.2.1") == "192.0.2.1"
+    # Whatever a forwarded header or a proxy made of the address: one key, bounded.
+    assert key("x" * 60_000) == key("not-an-address") == "unknown"
+    assert client_key({}) == "unknown"
+
+
+def test_forwarded_for_is_trusted_from_configured_proxies_only(database_url: str) -> None:
+    """Found: X-Forwarded-For was trusted from 127.0.0.1 by default, so any local process or
+    a pass-through proxy got a fresh rate-limit bucket per request (and could grow the
+    bucket table with 60 KB keys)."""
+    assert Settings(database_url=database_url).forwarded_allow_ips == ""
+    port = free_port()
+    proc = start(
+        [sys.executable, "-m", "eventindex", "serve"],
+        {
+            "EVENTINDEX_DATABASE_URL": database_url,
+            "EVENTINDEX_PORT": str(port),
+            "EVENTINDEX_MODE": "production",
+            "EVENTINDEX_RATE_LIMIT_PER_SECOND": "0.01",
+            "EVENTINDEX_RATE_LIMIT_BURST": "3",
+        },
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_up(url, proc)
+        codes = [
+            httpx.get(
+                url + "/v1/datasets", headers={"x-forwarded-for": f"198.51.100.{i}"}
+            ).status_code
+            for i in range(6)
+        ]
+    finally:
+        stop(proc)
+    assert codes == [401] * 3 + [429] * 3
+
+
+def test_embedded_socket_is_its_owners_only(tmp_path: Path) -> None:
+    """Found: with a data directory path too long for a socket name, the wheel put the
+    trust-authenticated socket in a 0777 directory under /tmp: any local user had a
+    superuser session (and, through COPY ... PROGRAM, the server's OS account)."""
+    from eventindex import embedded
+
+    data_dir = Path("/tmp") / ("eventindex-long-" + "x" * 100) / tmp_path.name
+    try:
+        server, url = embedded.start(data_dir)
+        try:
+            socket_dir = Path(url.split("host=", 1)[1])
+            sockets = [p for p in socket_dir.iterdir() if p.name.startswith(".s.PGSQL.")]
+            sockets = [p for p in sockets if not p.name.endswith(".lock")]
+            assert sockets
+            for sock in sockets:
+                assert sock.stat().st_mode & 0o077 == 0, oct(sock.stat().st_mode)
+        finally:
+            server.cleanup()
+    finally:
+        import shutil
+
+        shutil.rmtree(data_dir.parent, ignore_errors=True)
+
+
+def test_open_service_refuses_foreign_cors_origins() -> None:
+    """Found: EVENTINDEX_CORS_ORIGINS=* let any web site read an open local service."""
+    url = "postgresql://unused@127.0.0.1:1/x"
+    for origin in ("*", "https://evil.example", "http://localhost.evil.example"):
+        with pytest.raises(ValidationError, match="CORS"):
+            Settings(database_url=url, cors_origins=[origin])
+    Settings(database_url=url, cors_origins=["http://localhost:3000", "http://127.0.0.1:5173"])
+    Settings(database_url=url, cors_origins=["*"], mode=Mode.PRODUCTION)
+
+
+@pytest.mark.parametrize(
+    "host", ["[::1]evil.com", "[::1]:80@evil.com", "localhost:evil", "localhost..", "a b"]
+)
+async def test_malformed_host_headers_are_refused(database_url: str, host: str) -> None:
+    async for client in app_client(Settings(database_url=database_url)):
+        assert (await client.get("/v1/datasets", headers={"host": host})).status_code == 421
+
+
+@pytest.mark.parametrize("host", ["foo.localhost", "localhost.", "127.1", "0x7f000001"])
+def test_listen_address_must_be_literal_loopback(host: str) -> None:
+    with pytest.raises(ValidationError, match="EVENTINDEX_HOST"):
+        Settings(database_url="postgresql://unused@127.0.0.1:1/x", host=host)
+
+
+@pytest.mark.parametrize("claim", ["x\teventindex:admin", "x\u00a0eventindex:admin"])
+async def test_scopes_are_split_on_spaces_only(
+    database_url: str, provider: Provider, claim: str
+) -> None:
+    async for client in app_client(oidc_settings(database_url, provider.url)):
+        answer = await client.get("/v1/tokens", headers=bearer(provider.token("k1", scope=claim)))
+        assert answer.status_code == 403
+
+
+@pytest.mark.parametrize("expires", ["99999999d", "9999-12-31T23:59:59-12:00", "٣٠d"])
+def test_token_expiry_overflow_is_one_line(database_url: str, expires: str) -> None:
+    result = eventindex(
+        "token", "--database-url", database_url, "create", "--name", "far",
+        "--scope", "read", "--expires", expires,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "expiry" in result.stderr
