@@ -525,3 +525,29 @@ async def test_pipelined_requests_are_all_answered(server: Server) -> None:
         writer.close()
     assert [r.status for r in replies] == [200, 200, 200]
     assert [orjson.loads(r.body)["event_number"] for r in replies] == [1, 2, 3]
+
+
+def test_httpguard_hooks_exist_in_the_installed_uvicorn() -> None:
+    """httpguard overrides these members of uvicorn's httptools protocol (and reads the
+    attributes): if an upgrade renamed one, the limits would silently stop applying. The
+    slow-header, flood and keep-alive tests above check that they still work."""
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    from eventindex.httpguard import GuardedProtocol
+
+    overridden = [
+        "connection_made",
+        "connection_lost",
+        "data_received",
+        "send_400_response",
+        "on_message_begin",
+        "on_url",
+        "on_header",
+        "on_headers_complete",
+    ]
+    for name in overridden:
+        assert callable(getattr(HttpToolsProtocol, name, None)), name
+        assert name in GuardedProtocol.__dict__, name
+    source = Path(HttpToolsProtocol.__init__.__code__.co_filename).read_text()
+    for attribute in ("self.timeout_keep_alive_task", "self.cycle", "self.connections"):
+        assert attribute in source, attribute

@@ -142,3 +142,19 @@ async def test_shutdown_ends_a_stream_with_an_error_line(
     last = orjson.loads(tail[: tail.index(b"\n")])
     assert last["error"]["type"] == "urn:eventindex:problem:shutting-down"
     assert last["error"]["answered"] >= 60_000
+
+
+async def test_metrics_answer_on_a_database_not_migrated_yet(server_url: str) -> None:
+    """Issue 16, finding 8: /metrics failed with 503 while `loads` did not exist yet."""
+    from tests.conftest import create_database, drop_database
+
+    name = f"eventindex_unmigrated_{os.getpid()}"
+    url = await create_database(server_url, name)
+    try:
+        async for client in app_client(Settings(database_url=url)):
+            answer = await client.get("/metrics")
+            assert answer.status_code == 200, answer.text
+            assert "eventindex_pool_connections" in answer.text
+            assert (await client.get("/ready")).status_code == 503  # and says why
+    finally:
+        await drop_database(server_url, name)

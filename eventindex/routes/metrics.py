@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 
+import asyncpg
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -16,6 +17,8 @@ from eventindex.problems import Problem, problem_responses
 from eventindex.ratelimit import charge_of
 
 router = APIRouter(tags=["operations"])
+
+_DATABASE_AWAY: tuple[type[Exception], ...] = (*UNAVAILABLE_ERRORS, asyncpg.UndefinedTableError)
 
 
 @router.get(
@@ -51,6 +54,8 @@ async def metrics(request: Request, db: DatabaseDep, settings: SettingsDep) -> R
     try:
         async with db.connection(read=True, timeout=2.0) as conn:
             registry.set_loaded(int(await conn.fetchval(queries.EVENTS_LOADED, timeout=2.0)))
-    except (*UNAVAILABLE_ERRORS,):
-        pass  # the rest of the metrics matter most when the database is away
+    except _DATABASE_AWAY:
+        # The rest of the metrics matter most when the database is away (or not migrated
+        # yet: no `loads`).
+        pass
     return Response(generate_latest(registry.registry), media_type=CONTENT_TYPE_LATEST)
