@@ -242,7 +242,7 @@ async def service_gets(base: str, pairs: list[tuple[int, int]], concurrency: int
         reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
         try:
             for run, event in queue:
-                writer.write(b"GET /v1/events/%d/%d HTTP/1.1\r\nHost: b\r\n\r\n" % (run, event))
+                writer.write(b"GET /v1/events/%d/%d HTTP/1.1\r\nHost: localhost\r\n\r\n" % (run, event))
                 head = await reader.readuntil(b"\r\n\r\n")
                 status = int(head[9:12])
                 if status not in (200, 404):
@@ -1520,7 +1520,7 @@ async def bench_churn(args: argparse.Namespace) -> int:
     db_url = await migrated_database(url, "eventindex_churn")
     proc, base = start_service(db_url)
     host, port = base.removeprefix("http://").split(":")
-    request = f"GET {args.path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode()
+    request = f"GET {args.path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".encode()
     try:
         fds_before = len(os.listdir(f"/proc/{proc.pid}/fd"))
         rss_before = status_kib(proc.pid, "VmRSS") / 1024
