@@ -373,7 +373,9 @@ DEMO_EVENTS = 1_000_000
 
 
 async def _load_demo(url: str, data_dir: Path) -> None:
-    """Generate and load a demo catalogue the first time; show pairs to try."""
+    """Generate and load a demo catalogue the first time; show pairs to try (logged: with
+    JSON logs every line is JSON)."""
+    log = logging.getLogger("eventindex")
 
     from eventindex import queries
 
@@ -382,9 +384,7 @@ async def _load_demo(url: str, data_dir: Path) -> None:
         if await conn.fetchval(queries.CATALOGUE_EMPTY):
             from tools import gen_data, store_events
 
-            print(
-                f"eventindex: loading a demo catalogue of {DEMO_EVENTS:,} events", file=sys.stderr
-            )
+            log.info("loading a demo catalogue of %s events", f"{DEMO_EVENTS:,}")
             opts = gen_data.Options(events=DEMO_EVENTS, runs=50, datasets=3, seed=2026)
             with tempfile.TemporaryDirectory(dir=data_dir) as tmp:
                 out = Path(tmp)
@@ -395,13 +395,13 @@ async def _load_demo(url: str, data_dir: Path) -> None:
                     await loader.load_datasets(datasets)
                     events = store_events.Source("demo events", out / "events.csv")
                     result = await loader.load_events(events)
-            print(f"eventindex: {result.summary()}", file=sys.stderr)
+            log.info("%s", result.summary())
         rows = await conn.fetch(queries.SAMPLE_EVENTS, 3)
     finally:
         await conn.close()
     if rows:
         pairs = " ".join(f"{r['run_number']}/{r['event_number']}" for r in rows)
-        print(f"eventindex: events to try (run/event): {pairs}", file=sys.stderr)
+        log.info("events to try (run/event): %s", pairs)
 
 
 def cmd_delegate(args: argparse.Namespace) -> int:
