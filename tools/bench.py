@@ -242,7 +242,9 @@ async def service_gets(base: str, pairs: list[tuple[int, int]], concurrency: int
         reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
         try:
             for run, event in queue:
-                writer.write(b"GET /v1/events/%d/%d HTTP/1.1\r\nHost: localhost\r\n\r\n" % (run, event))
+                writer.write(
+                    b"GET /v1/events/%d/%d HTTP/1.1\r\nHost: localhost\r\n\r\n" % (run, event)
+                )
                 head = await reader.readuntil(b"\r\n\r\n")
                 status = int(head[9:12])
                 if status not in (200, 404):
