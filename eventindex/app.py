@@ -14,19 +14,18 @@ from fastapi.openapi.utils import get_openapi
 
 from eventindex import __version__
 from eventindex.auth import Authenticator
-from eventindex.bodylimits import BodyLimits
 from eventindex.config import Settings
 from eventindex.db import Database
-from eventindex.hostcheck import LoopbackHostsOnly
 from eventindex.metrics import Metrics
+from eventindex.middleware.bodylimits import BodyLimits
+from eventindex.middleware.hostcheck import LoopbackHostsOnly
+from eventindex.middleware.ratelimit import RateLimit, RateLimiter
+from eventindex.middleware.requestlog import RequestLog
+from eventindex.middleware.secheaders import SecurityHeaders
 from eventindex.problems import install_handlers
-from eventindex.ratelimit import RateLimit, RateLimiter
-from eventindex.requestlog import RequestLog
-from eventindex.routes import catalogue, events, health, tokens, web
-from eventindex.routes import metrics as metrics_routes
-from eventindex.routes.tokens import TokenRequest
+from eventindex.routes import admin, browse, events, health, prometheus, web
+from eventindex.routes.admin import TokenRequest
 from eventindex.schemas import LookupRequest, ProblemDetail
-from eventindex.secheaders import SecurityHeaders
 
 log = logging.getLogger("eventindex")
 
@@ -80,13 +79,13 @@ def create_app(settings: Settings) -> FastAPI:
         app.add_middleware(RateLimit, limiter=limiter)
     app.include_router(health.router)
     app.include_router(events.router)
-    app.include_router(catalogue.router)
+    app.include_router(browse.router)
     if settings.auth_enabled:
         # An open service has nobody to give tokens to: its tokens (for the day it is
         # served with authentication) are made with the CLI, on the database's side.
-        app.include_router(tokens.router)
+        app.include_router(admin.router)
     if settings.metrics_enabled:
-        app.include_router(metrics_routes.router)
+        app.include_router(prometheus.router)
     web.mount(app)
     if settings.cors_origins:
         app.add_middleware(

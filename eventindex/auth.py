@@ -29,8 +29,8 @@ from eventindex import queries
 from eventindex.config import Settings
 from eventindex.db import Database
 from eventindex.jwks import JwksCache, KeysUnavailable, UnknownKey
+from eventindex.middleware.ratelimit import charge_of
 from eventindex.problems import Problem
-from eventindex.ratelimit import charge_of
 
 SCOPES = ("read", "write", "admin")
 TOKEN_PREFIX = "ei_"

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from eventindex.config import Settings, describe_validation_error
-from eventindex.requestlog import configure_logging
+from eventindex.middleware.requestlog import configure_logging
 
 if TYPE_CHECKING:
     import asyncpg
@@ -93,7 +93,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from eventindex.httpguard import HeadLimits, protocol_factory
+    from eventindex.middleware.httpguard import HeadLimits, protocol_factory
 
     settings = load_settings(
         database_url=args.database_url,

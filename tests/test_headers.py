@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from eventindex.config import Mode, Settings
-from eventindex.secheaders import CONTENT_SECURITY_POLICY
+from eventindex.middleware.secheaders import CONTENT_SECURITY_POLICY
 from tests.conftest import RUNS, app_client
 from tests.test_security import new_token
 
@@ -42,8 +42,14 @@ async def test_cors_is_closed_by_default(client: httpx.AsyncClient) -> None:
 
 @pytest.fixture
 async def cors_client(database_url: str) -> AsyncIterator[httpx.AsyncClient]:
-    settings = Settings(database_url=database_url, cors_origins=["https://portal.example"])
+    # A portal's pages may call the API when authentication is on (an open service refuses
+    # foreign origins: tests/test_safe_defaults.py).
+    token = new_token(database_url, "portal-reader", "read")
+    settings = Settings(
+        database_url=database_url, cors_origins=["https://portal.example"], mode=Mode.PRODUCTION
+    )
     async for c in app_client(settings):
+        c.headers["authorization"] = f"Bearer {token}"
         yield c
 
 

@@ -533,7 +533,7 @@ def test_httpguard_hooks_exist_in_the_installed_uvicorn() -> None:
     slow-header, flood and keep-alive tests above check that they still work."""
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-    from eventindex.httpguard import GuardedProtocol
+    from eventindex.middleware.httpguard import GuardedProtocol
 
     overridden = [
         "connection_made",

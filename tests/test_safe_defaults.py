@@ -24,7 +24,7 @@ from pydantic import SecretStr, ValidationError
 
 from eventindex.app import create_app
 from eventindex.config import Mode, Settings
-from eventindex.ratelimit import RateLimiter
+from eventindex.middleware.ratelimit import RateLimiter
 from tests.conftest import app_client
 from tests.test_security import bearer, new_token, start, stop, wait_up
 from tools.localpg import free_port
@@ -707,7 +707,7 @@ async def test_anonymous_traffic_does_not_lock_out_a_token_holder(database_url: 
 
 
 def test_client_keys_are_bounded_addresses() -> None:
-    from eventindex.ratelimit import client_key
+    from eventindex.middleware.ratelimit import client_key
 
     def key(host: str) -> str:
         return client_key({"client": (host, 1)})

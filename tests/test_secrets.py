@@ -24,7 +24,7 @@ from pydantic import SecretStr
 
 from eventindex import db
 from eventindex.config import Settings
-from eventindex.requestlog import mask_credentials
+from eventindex.middleware.requestlog import mask_credentials
 from tools.localpg import free_port
 
 PASSWORD = "S3cretPw"

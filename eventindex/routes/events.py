@@ -12,10 +12,10 @@ from pydantic import ValidationError
 
 from eventindex import lookup
 from eventindex.auth import require
-from eventindex.bodylimits import too_slow
 from eventindex.config import MAX_EVENT_NUMBER, MAX_RUN_NUMBER, Settings
 from eventindex.db import Lane
 from eventindex.deps import DatabaseDep, SettingsDep
+from eventindex.middleware.bodylimits import too_slow
 from eventindex.pairs import PairParser, PairSyntaxError
 from eventindex.problems import Problem, problem_responses, validation_problem
 from eventindex.schemas import ASCII_DIGITS, Event, LookupResponse, parse_lookup_request

@@ -13,8 +13,8 @@ from eventindex import queries
 from eventindex.db import UNAVAILABLE_ERRORS
 from eventindex.deps import DatabaseDep, SettingsDep
 from eventindex.metrics import Metrics
+from eventindex.middleware.ratelimit import charge_of
 from eventindex.problems import Problem, problem_responses
-from eventindex.ratelimit import charge_of
 
 router = APIRouter(tags=["operations"])
 
