@@ -39,6 +39,9 @@ from tests.conftest import (
     run_server,
 )
 
+# Slow tier: real servers, many requests or many examples (./dev check skips it).
+pytestmark = pytest.mark.slow
+
 SEED = 20240917
 MAX_EXAMPLES = 30
 NDJSON = "application/x-ndjson"

@@ -27,6 +27,9 @@ from eventindex.queries import literal
 from tests.conftest import EmbeddedServer, app_client, run_server
 from tests.tools.test_store_events import generate, load, one_line_error, snapshot
 
+# Slow tier: real servers, many requests or many examples (./dev check skips it).
+pytestmark = pytest.mark.slow
+
 RUNS = range(1, 11)
 PER_RUN = 5000
 

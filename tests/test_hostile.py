@@ -32,6 +32,9 @@ from tests.conftest import (
 )
 from tests.test_security import new_token
 
+# Slow tier: real servers, many requests or many examples (./dev check skips it).
+pytestmark = pytest.mark.slow
+
 LIMITS = {
     "EVENTINDEX_HEADER_TIMEOUT": "2",
     "EVENTINDEX_BODY_TIMEOUT": "3",

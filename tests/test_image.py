@@ -37,6 +37,9 @@ from tests.conftest import create_database, drop_database
 from tests.pgcluster import LocalServer, Root, require
 from tools.localpg import free_port
 
+# Slow tier: real servers, many requests or many examples (./dev check skips it).
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = Path(os.environ.get("EVENTINDEX_IMAGE_CACHE", "/var/tmp/eventindex-image-cache"))
 SUITE = "bookworm"

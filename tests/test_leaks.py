@@ -36,6 +36,9 @@ from tests.conftest import (
 from tests.test_security import start, stop, wait_up
 from tools.localpg import free_port
 
+# Slow tier: real servers, many requests or many examples (./dev check skips it).
+pytestmark = pytest.mark.slow
+
 POOL = {
     "EVENTINDEX_POOL_MAX_SIZE": "2",
     "EVENTINDEX_POOL_MIN_SIZE": "1",

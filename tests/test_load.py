@@ -10,6 +10,7 @@ import time
 
 import httpx
 import numpy as np
+import pytest
 
 from tests.conftest import EVENTS_PER_RUN, RUNS, fuid_of, run_server
 from tools.bench import (
@@ -23,6 +24,9 @@ from tools.bench import (
     run_load,
     status_kib,
 )
+
+# Slow tier: real servers, many requests or many examples (./dev check skips it).
+pytestmark = pytest.mark.slow
 
 CLIENTS = 200
 SECONDS = 6.0

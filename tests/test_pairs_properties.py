@@ -34,6 +34,9 @@ from eventindex.schemas import parse_lookup_request
 from eventindex.spool import BodyTooLarge, Spool
 from eventindex.streaming import spooled_batches, syntax_problem
 
+# Slow tier: real servers, many requests or many examples (./dev check skips it).
+pytestmark = pytest.mark.slow
+
 # Reproducible in CI: the same examples every run, nothing kept between runs.
 PROPERTY = settings(
     max_examples=200,

@@ -24,6 +24,9 @@ from tests.pgcluster import LocalServer, Root, require
 from tests.tools.test_store_events import generate, load
 from tools.localpg import free_port
 
+# Slow tier: real servers, many requests or many examples (./dev check skips it).
+pytestmark = pytest.mark.slow
+
 FIRST_RUN = 300
 PAIRS = [(FIRST_RUN + i % 4, (i * 37) % 700) for i in range(3000)]
 

@@ -22,6 +22,9 @@ from tests.conftest import (
     run_server,
 )
 
+# Slow tier: real servers, many requests or many examples (./dev check skips it).
+pytestmark = pytest.mark.slow
+
 NDJSON = "application/x-ndjson"
 
 

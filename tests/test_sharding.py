@@ -24,6 +24,9 @@ from tests.conftest import app_client
 from tests.pgcluster import LocalServer, Root, require
 from tests.tools.test_store_events import generate, load
 
+# Slow tier: real servers, many requests or many examples (./dev check skips it).
+pytestmark = pytest.mark.slow
+
 NDJSON = "application/x-ndjson"
 FIRST_RUN, N_RUNS, N_EVENTS = 2000, 60, 30_000
 

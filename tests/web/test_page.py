@@ -21,6 +21,9 @@ from playwright.async_api import Browser, FilePayload, Page, async_playwright, e
 from eventindex import migrate
 from tests.conftest import EmbeddedServer, Server, dsid_of, fuid_of, run_server
 
+# Slow tier: real servers, many requests or many examples (./dev check skips it).
+pytestmark = pytest.mark.slow
+
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 FLAGS = [
