@@ -78,7 +78,7 @@ def require_tools() -> None:
     if not missing:
         return
     message = f"needs {', '.join(missing)} (apt-get install podman runc debootstrap)"
-    if os.geteuid() != 0:
+    if os.geteuid() != 0 and not os.environ.get("CI"):
         pytest.skip(message)
     pytest.fail(message + "; ./dev test installs them")
 
