@@ -15,13 +15,13 @@ ENV PATH=/opt/eventindex/bin:$PATH
 # The pinned dependencies first, in a layer of their own: a change to the code alone reuses it.
 COPY pyproject.toml constraints.txt ./
 RUN pip install --no-cache-dir --upgrade pip \
- && python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" > /tmp/requirements.txt \
+ && python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print('\n'.join(p['dependencies'] + p['optional-dependencies']['generate']))" > /tmp/requirements.txt \
  && pip install --no-cache-dir -c constraints.txt -r /tmp/requirements.txt
 COPY README.md ./
 COPY eventindex ./eventindex
-COPY tools ./tools
 COPY migrations ./migrations
-RUN pip install --no-cache-dir -c constraints.txt .
+# With the generator's numpy: the compose file's demo-data service runs 'eventindex generate'.
+RUN pip install --no-cache-dir -c constraints.txt '.[generate]'
 
 # --- runtime: the virtualenv only, as an unprivileged user -------------------------------
 FROM ${BASE}

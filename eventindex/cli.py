@@ -382,18 +382,20 @@ async def _load_demo(url: str, data_dir: Path) -> None:
     conn = await connect_or_fail(url)
     try:
         if await conn.fetchval(queries.CATALOGUE_EMPTY):
-            from tools import gen_data, store_events
+            from eventindex.ingest import generator
+            from eventindex.ingest.loader import Loader
+            from eventindex.ingest.source import Source
 
             log.info("loading a demo catalogue of %s events", f"{DEMO_EVENTS:,}")
-            opts = gen_data.Options(events=DEMO_EVENTS, runs=50, datasets=3, seed=2026)
+            opts = generator.Options(events=DEMO_EVENTS, runs=50, datasets=3, seed=2026)
             with tempfile.TemporaryDirectory(dir=data_dir) as tmp:
                 out = Path(tmp)
-                gen_data.write(gen_data.build(opts), opts, str(out), 1, False, None)
-                loader = store_events.Loader(conn)
+                generator.write(generator.build(opts), opts, str(out), 1, False, None)
+                loader = Loader(conn)
                 async with conn.transaction():
-                    datasets = store_events.Source("demo datasets", out / "datasets.csv")
+                    datasets = Source("demo datasets", out / "datasets.csv")
                     await loader.load_datasets(datasets)
-                    events = store_events.Source("demo events", out / "events.csv")
+                    events = Source("demo events", out / "events.csv")
                     result = await loader.load_events(events)
             log.info("%s", result.summary())
         rows = await conn.fetch(queries.SAMPLE_EVENTS, 3)
@@ -411,16 +413,22 @@ def cmd_delegate(args: argparse.Namespace) -> int:
 
 def _delegate(command: str, argv: list[str]) -> int:
     if command == "generate":
-        from tools import gen_data
+        try:
+            from eventindex.ingest import generator
+        except ImportError:
+            raise CliError(
+                "eventindex generate needs numpy: pip install 'eventindex[generate]'"
+            ) from None
+        return generator.main(argv)
+    from eventindex.ingest import command as load_command
 
-        return gen_data.main(argv)
-    from tools import store_events
-
-    if not any(a == "--database-url" or a.startswith("--database-url=") for a in argv):
+    wants_help = any(a in ("-h", "--help") for a in argv)
+    named = any(a == "--database-url" or a.startswith("--database-url=") for a in argv)
+    if not wants_help and not named:
         settings, _server = resolve_database(load_settings())
         assert settings.database_url is not None
         argv = [*argv, "--database-url", settings.database_url]
-    return store_events.main(argv)
+    return load_command.main(argv)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -520,12 +528,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_shards)
 
     p = sub.add_parser(
-        "generate", help="write pseudo events as CSV (python -m tools.gen_data; see --help)"
+        "generate", help="write pseudo events as CSV (see eventindex generate --help)"
     )
     p.set_defaults(func=cmd_delegate)
-    p = sub.add_parser(
-        "load", help="load datasets and events CSV (python -m tools.store_events; see --help)"
-    )
+    p = sub.add_parser("load", help="load datasets and events CSV (see eventindex load --help)")
     p.set_defaults(func=cmd_delegate)
     return parser
 

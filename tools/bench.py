@@ -422,17 +422,18 @@ async def raw_copy(conn: asyncpg.Connection, table: str, path: Path) -> None:
 
 
 async def loader_copy(conn: asyncpg.Connection, path: Path) -> None:
-    from tools import store_events
+    from eventindex.ingest.loader import Loader
+    from eventindex.ingest.source import Source
 
-    loader = store_events.Loader(conn, progress_stream=io.StringIO())
+    loader = Loader(conn, progress_stream=io.StringIO())
     async with conn.transaction():
-        result = await loader.load_events(store_events.Source(str(path), path))
+        result = await loader.load_events(Source(str(path), path))
     if result.careful or result.inserted != result.rows:
         raise SystemExit(f"bench: the loader took its careful path: {result.summary()}")
 
 
 def generated(n_events: int, first_run: int, first_dataset: int, seed: int) -> Path:
-    from tools import gen_data
+    from eventindex.ingest import generator as gen_data
 
     out = Path("bench-data") / f"load-{n_events}-{first_run}-{seed}"
     if not (out / "events.csv").is_file():
@@ -450,7 +451,8 @@ def generated(n_events: int, first_run: int, first_dataset: int, seed: int) -> P
 
 
 async def bench_load(args: argparse.Namespace) -> None:
-    from tools import store_events
+    from eventindex.ingest.loader import Loader
+    from eventindex.ingest.source import Source
 
     url, _server = server_url(args)
     new = generated(args.events, 1000, 1, seed=1)
@@ -464,10 +466,10 @@ async def bench_load(args: argparse.Namespace) -> None:
         await conn.execute(
             "CREATE TABLE events_baseline (LIKE events INCLUDING CONSTRAINTS INCLUDING INDEXES)"
         )
-        loader = store_events.Loader(conn, progress_stream=io.StringIO())
+        loader = Loader(conn, progress_stream=io.StringIO())
         for d in (new, other):
             async with conn.transaction():
-                await loader.load_datasets(store_events.Source("d", d / "datasets.csv"))
+                await loader.load_datasets(Source("d", d / "datasets.csv"))
         for rnd in range(args.rounds):
             for scenario in ("empty", "holding"):
                 log(f"round {rnd + 1}/{args.rounds}: {scenario} table")
@@ -569,7 +571,8 @@ _SCAN_BASELINES = {
 
 
 async def bench_catalogue(args: argparse.Namespace) -> None:
-    from tools import store_events
+    from eventindex.ingest.loader import Loader
+    from eventindex.ingest.source import Source
 
     url, _server = server_url(args)
     data = generated(args.events, 1000, 1, seed=1)
@@ -580,10 +583,10 @@ async def bench_catalogue(args: argparse.Namespace) -> None:
         if await conn.fetchval("SELECT count(*) FROM events") != args.events:
             log(f"loading {args.events:,} events with the loader ...")
             await conn.execute("TRUNCATE events, datasets, files, run_olt_counts, loads CASCADE")
-            loader = store_events.Loader(conn, progress_stream=io.StringIO())
+            loader = Loader(conn, progress_stream=io.StringIO())
             async with conn.transaction():
-                await loader.load_datasets(store_events.Source("d", data / "datasets.csv"))
-                await loader.load_events(store_events.Source("e", data / "events.csv"))
+                await loader.load_datasets(Source("d", data / "datasets.csv"))
+                await loader.load_events(Source("e", data / "events.csv"))
             await conn.execute("VACUUM ANALYZE")
         run = await conn.fetchval("SELECT min(run_number) FROM files")
         fuid = await conn.fetchval("SELECT fuid_raw::text FROM files ORDER BY fuid_raw LIMIT 1")

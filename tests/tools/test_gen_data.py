@@ -14,7 +14,7 @@ import asyncpg
 import pytest
 
 from eventindex import migrate
-from tools import gen_data
+from eventindex.ingest import generator as gen_data
 
 
 def generate(tmp: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
