@@ -109,7 +109,7 @@ EVENTS_LOADED = "SELECT coalesce(sum(events_inserted), 0) FROM loads"
 
 PING = "SELECT 1"
 
-# --- loader (tools/store_events) ----------------------------------------------
+# --- loader (eventindex/ingest) ------------------------------------------------
 
 EVENT_COLUMNS = ("run_number", "event_number", "olt_result", "dsid_raw", "fuid_raw")
 DATASET_COLUMNS = ("id", "name", "data_type", "description")

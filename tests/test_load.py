@@ -1,6 +1,6 @@
 """A bounded load test against a real uvicorn: 200 concurrent clients mixing single GETs,
 10k-pair JSON lookups and NDJSON streams for a few seconds, with the generator of
-``python -m tools.bench load-test``. Behaviour is asserted, not timing: no errors, right
+``python -m bench load-test``. Behaviour is asserted, not timing: no errors, right
 answers, bounded server memory, and a server that still answers afterwards; and, past
 what a tiny pool can serve, refusals (503) but never a wrong answer."""
 
@@ -12,18 +12,10 @@ import httpx
 import numpy as np
 import pytest
 
+from bench.common import Pairs, reset_peak_rss, status_kib
+from bench.monitor import ServerMonitor
+from bench.workload import DEFAULT_MIX, LoadGauge, build_workload, parse_mix, run_load
 from tests.conftest import EVENTS_PER_RUN, RUNS, fuid_of, run_server
-from tools.bench import (
-    DEFAULT_MIX,
-    LoadGauge,
-    Pairs,
-    ServerMonitor,
-    build_workload,
-    parse_mix,
-    reset_peak_rss,
-    run_load,
-    status_kib,
-)
 
 # Slow tier: real servers, many requests or many examples (./dev check skips it).
 pytestmark = pytest.mark.slow

@@ -2,7 +2,7 @@
 
 Every call that sends SQL (asyncpg's execute, executemany, fetch, fetchrow, fetchval,
 cursor, prepare, copy_from_query and the ``where`` of the other copy_* methods, and the
-embedded server's psql) in eventindex/ and tools/ is found by parsing the code, and its
+embedded server's psql) in eventindex/, tools/ and bench/ is found by parsing the code, and its
 SQL must be a constant (a literal, an UPPER_CASE constant, ``queries.X``) or be built
 only from constants and ``ident()``/``literal()`` (for the utility statements
 PostgreSQL cannot bind parameters in). A local variable passed as the SQL is traced to
@@ -22,7 +22,7 @@ import pytest
 from eventindex.queries import ident, literal
 
 ROOT = Path(__file__).resolve().parents[1]
-SCANNED = ("eventindex", "tools")
+SCANNED = ("eventindex", "tools", "bench")
 
 # Methods whose first argument (or keyword query/command/sql) is SQL text.
 SQL_FIRST = frozenset(
