@@ -22,7 +22,7 @@ import numpy as np
 import orjson
 
 from eventindex import queries
-from tools.localpg import free_port
+from tests.support.localpg import free_port
 
 BENCH_DATABASE = "eventindex_bench"
 EVENTS_PER_RUN = 100_000

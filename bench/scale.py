@@ -27,7 +27,7 @@ from bench.load import generated
 async def bench_scale(args: argparse.Namespace) -> None:
     """Single server vs a coordinator with ``--shards`` shards, all local PostgreSQL 15."""
     from eventindex import sharding
-    from tools.localpg import LocalServer, Root
+    from tests.support.localpg import LocalServer, Root
 
     root = Root()
     servers: list[LocalServer] = []

@@ -31,13 +31,8 @@ from schemathesis.engine import events
 
 from eventindex.app import create_app
 from eventindex.config import Mode, Settings
-from tests.conftest import (
-    Server,
-    create_known_catalogue,
-    drop_database,
-    fuid_of,
-    run_server,
-)
+from tests.support.catalogue import create_known_catalogue, drop_database, fuid_of
+from tests.support.servers import Server, run_server
 
 # Slow tier: real servers, many requests or many examples (./dev check skips it).
 pytestmark = pytest.mark.slow

@@ -18,7 +18,8 @@ import pytest
 from eventindex import migrate
 from eventindex.config import Settings
 from eventindex.ingest import generator as gen_data
-from tests.conftest import app_client, create_database, drop_database
+from tests.support.catalogue import create_database, drop_database
+from tests.support.servers import app_client
 
 Row = tuple[int, int, int, int, str]
 BITS = {name: bit for bit, (name, _) in gen_data.OLT_BITS.items()}

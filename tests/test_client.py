@@ -15,8 +15,9 @@ import httpx
 import pytest
 
 from eventindex.client import EventIndexClient, ProblemError, SyncEventIndexClient, UnavailableError
-from tests.conftest import EVENTS_PER_RUN, RUNS, Server, dsid_of, fuid_of, run_server
-from tools.localpg import free_port
+from tests.support.catalogue import EVENTS_PER_RUN, RUNS, dsid_of, fuid_of
+from tests.support.localpg import free_port
+from tests.support.servers import Server, run_server
 
 
 def known(run: int, event: int) -> bool:

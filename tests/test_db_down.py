@@ -8,7 +8,7 @@ import asyncpg
 
 from eventindex import migrate
 from eventindex.config import Settings
-from tests.conftest import EmbeddedServer, app_client
+from tests.support.servers import EmbeddedServer, app_client
 
 
 async def test_database_down_gives_503_then_recovers(own_server: EmbeddedServer) -> None:

@@ -10,7 +10,7 @@ import httpx
 import orjson
 import pytest
 
-from tests.conftest import EVENTS_PER_RUN, RUNS, dsid_of, fuid_of, olt_of
+from tests.support.catalogue import EVENTS_PER_RUN, RUNS, dsid_of, fuid_of, olt_of
 
 NDJSON = "application/x-ndjson"
 
@@ -153,7 +153,7 @@ async def test_lookup_too_many_pairs_hints_at_stream(client: httpx.AsyncClient) 
 
 
 async def test_lookup_body_over_limit(settings: Any) -> None:
-    from tests.conftest import app_client
+    from tests.support.servers import app_client
 
     small = settings.model_copy(update={"max_body_bytes": 2048})
     async for client in app_client(small):

@@ -24,8 +24,8 @@ from eventindex import migrate
 from eventindex.client import EventIndexClient
 from eventindex.config import Settings
 from eventindex.queries import literal
-from tests.conftest import EmbeddedServer, app_client, run_server
-from tests.tools.test_store_events import generate, load, one_line_error, snapshot
+from tests.support.loading import generate, load, one_line_error, snapshot
+from tests.support.servers import EmbeddedServer, app_client, run_server
 
 # Slow tier: real servers, many requests or many examples (./dev check skips it).
 pytestmark = pytest.mark.slow

@@ -9,8 +9,9 @@ import pytest
 
 from eventindex.config import Mode, Settings
 from eventindex.middleware.secheaders import CONTENT_SECURITY_POLICY
-from tests.conftest import RUNS, app_client
-from tests.test_security import new_token
+from tests.support.auth import new_token
+from tests.support.catalogue import RUNS
+from tests.support.servers import app_client
 
 PREFLIGHT = {
     "Access-Control-Request-Method": "POST",

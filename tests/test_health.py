@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 
 from eventindex.config import Settings
-from tests.conftest import app_client
+from tests.support.servers import app_client
 
 
 async def test_health_and_ready(client: httpx.AsyncClient) -> None:

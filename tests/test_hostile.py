@@ -21,16 +21,9 @@ import httpx
 import orjson
 import pytest
 
-from tests.conftest import (
-    RUNS,
-    Server,
-    busy_lookup_backends,
-    endless_upload,
-    feed,
-    fuid_of,
-    run_server,
-)
-from tests.test_security import new_token
+from tests.support.auth import new_token
+from tests.support.catalogue import RUNS, busy_lookup_backends, fuid_of
+from tests.support.servers import Server, endless_upload, feed, run_server
 
 # Slow tier: real servers, many requests or many examples (./dev check skips it).
 pytestmark = pytest.mark.slow

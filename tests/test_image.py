@@ -33,9 +33,9 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
-from tests.conftest import create_database, drop_database
-from tests.pgcluster import LocalServer, Root, require
-from tools.localpg import free_port
+from tests.support.catalogue import create_database, drop_database
+from tests.support.localpg import free_port
+from tests.support.pgcluster import LocalServer, Root, require
 
 # Slow tier: real servers, many requests or many examples (./dev check skips it).
 pytestmark = pytest.mark.slow

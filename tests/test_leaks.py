@@ -25,16 +25,10 @@ from fastapi.routing import APIRoute
 from eventindex.app import create_app
 from eventindex.config import Mode, Settings
 from eventindex.db import Database
-from tests.conftest import (
-    RUNS,
-    Server,
-    create_known_catalogue,
-    drop_database,
-    fuid_of,
-    run_server,
-)
-from tests.test_security import start, stop, wait_up
-from tools.localpg import free_port
+from tests.support.auth import start, stop, wait_up
+from tests.support.catalogue import RUNS, create_known_catalogue, drop_database, fuid_of
+from tests.support.localpg import free_port
+from tests.support.servers import Server, run_server
 
 # Slow tier: real servers, many requests or many examples (./dev check skips it).
 pytestmark = pytest.mark.slow

@@ -15,7 +15,8 @@ import pytest
 from bench.common import Pairs, reset_peak_rss, status_kib
 from bench.monitor import ServerMonitor
 from bench.workload import DEFAULT_MIX, LoadGauge, build_workload, parse_mix, run_load
-from tests.conftest import EVENTS_PER_RUN, RUNS, fuid_of, run_server
+from tests.support.catalogue import EVENTS_PER_RUN, RUNS, fuid_of
+from tests.support.servers import run_server
 
 # Slow tier: real servers, many requests or many examples (./dev check skips it).
 pytestmark = pytest.mark.slow

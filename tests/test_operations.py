@@ -15,8 +15,8 @@ import pytest
 from pydantic import SecretStr
 
 from eventindex.config import Settings
-from tests.conftest import app_client, endless_upload, feed, run_server
-from tools.localpg import free_port
+from tests.support.localpg import free_port
+from tests.support.servers import app_client, endless_upload, feed, run_server
 
 
 async def test_metrics_count_requests_pairs_and_pool(client: httpx.AsyncClient) -> None:
@@ -146,7 +146,7 @@ async def test_shutdown_ends_a_stream_with_an_error_line(
 
 async def test_metrics_answer_on_a_database_not_migrated_yet(server_url: str) -> None:
     """Issue 16, finding 8: /metrics failed with 503 while `loads` did not exist yet."""
-    from tests.conftest import create_database, drop_database
+    from tests.support.catalogue import create_database, drop_database
 
     name = f"eventindex_unmigrated_{os.getpid()}"
     url = await create_database(server_url, name)

@@ -13,7 +13,7 @@ import pytest
 
 from eventindex import migrate, queries
 from eventindex.migrate import migrations_dir
-from tests.tools.test_store_events import generate, load
+from tests.support.loading import generate, load
 
 
 async def partitions(conn: asyncpg.Connection) -> list[tuple[str, int, int]]:

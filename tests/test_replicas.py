@@ -19,10 +19,10 @@ import httpx
 import pytest
 
 from eventindex.config import Settings
-from tests.conftest import app_client
-from tests.pgcluster import LocalServer, Root, require
-from tests.tools.test_store_events import generate, load
-from tools.localpg import free_port
+from tests.support.loading import generate, load
+from tests.support.localpg import free_port
+from tests.support.pgcluster import LocalServer, Root, require
+from tests.support.servers import app_client
 
 # Slow tier: real servers, many requests or many examples (./dev check skips it).
 pytestmark = pytest.mark.slow

@@ -25,9 +25,9 @@ from pydantic import SecretStr, ValidationError
 from eventindex.app import create_app
 from eventindex.config import Mode, Settings
 from eventindex.middleware.ratelimit import RateLimiter
-from tests.conftest import app_client
-from tests.test_security import bearer, new_token, start, stop, wait_up
-from tools.localpg import free_port
+from tests.support.auth import bearer, new_token, start, stop, wait_up
+from tests.support.localpg import free_port
+from tests.support.servers import app_client
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -25,7 +25,7 @@ from pydantic import SecretStr
 from eventindex import db
 from eventindex.config import Settings
 from eventindex.middleware.requestlog import mask_credentials
-from tools.localpg import free_port
+from tests.support.localpg import free_port
 
 PASSWORD = "S3cretPw"
 # A password with an unencoded '/': a URL parser reads the text before it as the port

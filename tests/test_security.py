@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
-import ssl
 import subprocess
 import sys
 import threading
@@ -19,41 +17,14 @@ import asyncpg
 import httpx
 import jwt
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import NameOID
 
 from eventindex.config import Mode, Settings
-from tests.conftest import app_client
-from tools.localpg import free_port
+from tests.support.auth import bearer, cli, make_tls, new_token, start, stop, trusting, wait_up
+from tests.support.localpg import free_port
+from tests.support.servers import app_client
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def cli(*args: str, url: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "eventindex", *args, "--database-url", url]
-        if args[0] != "token"
-        else [sys.executable, "-m", "eventindex", "token", "--database-url", url, *args[1:]],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-
-def new_token(url: str, name: str, *scopes: str, expires: str | None = None) -> str:
-    args = ["token", "create", "--name", name]
-    for s in scopes:
-        args += ["--scope", s]
-    if expires:
-        args += ["--expires", expires]
-    result = cli(*args, url=url)
-    assert result.returncode == 0, result.stderr
-    token = result.stdout.strip().splitlines()[-1]
-    assert token.startswith("ei_")
-    return token
 
 
 @pytest.fixture
@@ -61,10 +32,6 @@ async def secured(database_url: str) -> AsyncIterator[httpx.AsyncClient]:
     settings = Settings(database_url=database_url, mode=Mode.PRODUCTION)
     async for client in app_client(settings):
         yield client
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"authorization": f"Bearer {token}"}
 
 
 async def test_token_lifecycle(database_url: str, secured: httpx.AsyncClient) -> None:
@@ -243,91 +210,6 @@ async def test_jwt_accepted_and_rejected(database_url: str, jwks: Jwks) -> None:
 
 
 # --- TLS -------------------------------------------------------------------------------------
-
-
-def make_tls(tmp: Path) -> tuple[Path, Path, Path]:
-    def name(cn: str) -> x509.Name:
-        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-    now = dt.datetime.now(dt.UTC)
-    ca_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(name("EventIndex test CA"))
-        .issuer_name(name("EventIndex test CA"))
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    import ipaddress
-
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name("localhost"))
-        .issuer_name(ca.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    ca_path, cert_path, key_path = tmp / "ca.pem", tmp / "server.pem", tmp / "server.key"
-    ca_path.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.TraditionalOpenSSL,
-            serialization.NoEncryption(),
-        )
-    )
-    return ca_path, cert_path, key_path
-
-
-def start(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        args,
-        env={**os.environ, **env},
-        stderr=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        text=True,
-    )
-
-
-def trusting(ca: Path) -> ssl.SSLContext:
-    return ssl.create_default_context(cafile=str(ca))
-
-
-def wait_up(url: str, proc: subprocess.Popen[str], verify: Any = True) -> None:
-    for _ in range(150):
-        try:
-            if httpx.get(url + "/health", timeout=1, verify=verify).status_code == 200:
-                return
-        except (httpx.TransportError, ssl.SSLError):
-            pass
-        assert proc.poll() is None, proc.stderr.read() if proc.stderr else "server exited"
-        time.sleep(0.1)
-    raise AssertionError("server did not start")
-
-
-def stop(proc: subprocess.Popen[str]) -> str:
-    proc.terminate()
-    try:
-        _, err = proc.communicate(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        _, err = proc.communicate()
-    return err
 
 
 def test_tls_round_trip_and_secrets_stay_out_of_logs(database_url: str, tmp_path: Path) -> None:

@@ -11,16 +11,8 @@ import httpx
 import orjson
 import pytest
 
-from tests.conftest import (
-    EVENTS_PER_RUN,
-    RUNS,
-    Server,
-    busy_lookup_backends,
-    endless_upload,
-    feed,
-    fuid_of,
-    run_server,
-)
+from tests.support.catalogue import EVENTS_PER_RUN, RUNS, busy_lookup_backends, fuid_of
+from tests.support.servers import Server, endless_upload, feed, run_server
 
 # Slow tier: real servers, many requests or many examples (./dev check skips it).
 pytestmark = pytest.mark.slow

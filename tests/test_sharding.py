@@ -20,9 +20,9 @@ import pytest
 
 from eventindex.config import Settings
 from eventindex.sharding import slot_of
-from tests.conftest import app_client
-from tests.pgcluster import LocalServer, Root, require
-from tests.tools.test_store_events import generate, load
+from tests.support.loading import generate, load
+from tests.support.pgcluster import LocalServer, Root, require
+from tests.support.servers import app_client
 
 # Slow tier: real servers, many requests or many examples (./dev check skips it).
 pytestmark = pytest.mark.slow

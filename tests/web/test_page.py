@@ -19,7 +19,8 @@ import pytest
 from playwright.async_api import Browser, FilePayload, Page, async_playwright, expect
 
 from eventindex import migrate
-from tests.conftest import EmbeddedServer, Server, dsid_of, fuid_of, run_server
+from tests.support.catalogue import dsid_of, fuid_of
+from tests.support.servers import EmbeddedServer, Server, run_server
 
 # Slow tier: real servers, many requests or many examples (./dev check skips it).
 pytestmark = pytest.mark.slow

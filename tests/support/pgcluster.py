@@ -1,4 +1,4 @@
-"""The tests' use of local PostgreSQL 15 servers (tools/localpg.py)."""
+"""The tests' use of local PostgreSQL 15 servers (tests/support/localpg.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from tools.localpg import BINDIR, EXTENSIONS, VERSION, LocalServer, Root
+from tests.support.localpg import BINDIR, EXTENSIONS, VERSION, LocalServer, Root
 
 __all__ = ["LocalServer", "Root", "require"]
 
