@@ -13,6 +13,13 @@ import numpy as np
 from bench.common import Pairs, Results, log, migrated_database, server_url, start_service
 from bench.load import generated
 
+COUNT_EVENTS = "SELECT count(*) FROM events"
+TRUNCATE_ALL = "TRUNCATE events, datasets, files, run_olt_counts, loads CASCADE"
+ANALYZE_ALL = "VACUUM ANALYZE"
+FIRST_RUN = "SELECT min(run_number) FROM files"
+SOME_FILE = "SELECT fuid_raw::text FROM files ORDER BY fuid_raw LIMIT 1"
+ALL_PAIRS = "SELECT run_number, event_number FROM events"
+
 _SCAN_BASELINES = {
     "datasets": "SELECT dsid_raw, count(*), count(DISTINCT fuid_raw) FROM events GROUP BY 1",
     "runs": "SELECT run_number, count(*) FROM events GROUP BY 1 ORDER BY 1 LIMIT 100",
@@ -37,16 +44,16 @@ async def bench_catalogue(args: argparse.Namespace) -> None:
     db_url = await migrated_database(url, name)
     conn = await asyncpg.connect(db_url)
     try:
-        if await conn.fetchval("SELECT count(*) FROM events") != args.events:
+        if await conn.fetchval(COUNT_EVENTS) != args.events:
             log(f"loading {args.events:,} events with the loader ...")
-            await conn.execute("TRUNCATE events, datasets, files, run_olt_counts, loads CASCADE")
+            await conn.execute(TRUNCATE_ALL)
             loader = Loader(conn, progress_stream=io.StringIO())
             async with conn.transaction():
                 await loader.load_datasets(Source("d", data / "datasets.csv"))
                 await loader.load_events(Source("e", data / "events.csv"))
-            await conn.execute("VACUUM ANALYZE")
-        run = await conn.fetchval("SELECT min(run_number) FROM files")
-        fuid = await conn.fetchval("SELECT fuid_raw::text FROM files ORDER BY fuid_raw LIMIT 1")
+            await conn.execute(ANALYZE_ALL)
+        run = await conn.fetchval(FIRST_RUN)
+        fuid = await conn.fetchval(SOME_FILE)
     finally:
         await conn.close()
 
@@ -101,7 +108,7 @@ async def sample_pairs(url: str, n_pairs: int, seed: int) -> Pairs:
     """Random events of the catalogue (with repeats), 5% of them made unknown."""
     conn = await asyncpg.connect(url)
     try:
-        rows = await conn.fetch("SELECT run_number, event_number FROM events")
+        rows = await conn.fetch(ALL_PAIRS)
     finally:
         await conn.close()
     rng = np.random.default_rng(seed)

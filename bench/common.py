@@ -22,7 +22,13 @@ import numpy as np
 import orjson
 
 from eventindex import queries
+from eventindex.ingest.statements import ADD_PARTITIONS
 from tests.support.localpg import free_port
+
+COUNT_EVENTS = "SELECT count(*) FROM events"
+TRUNCATE_CATALOGUE = "TRUNCATE events, datasets"
+ANALYZE_EVENTS = "VACUUM ANALYZE events"
+NESTED_LOOPS_ONLY = "SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off"
 
 BENCH_DATABASE = "eventindex_bench"
 EVENTS_PER_RUN = 100_000
@@ -88,18 +94,16 @@ async def prepare_database(url: str, n_events: int) -> str:
     db_url = await migrated_database(url, BENCH_DATABASE)
     conn = await asyncpg.connect(db_url)
     try:
-        have = await conn.fetchval("SELECT count(*) FROM events")
+        have = await conn.fetchval(COUNT_EVENTS)
         if have != n_events:
             log(f"loading {n_events:,} synthetic events ...")
             started = time.perf_counter()
-            await conn.execute("TRUNCATE events, datasets")
+            await conn.execute(TRUNCATE_CATALOGUE)
             await conn.execute(
                 "INSERT INTO datasets (id, name) SELECT i, 'spd.bench.raw.' || i "
                 "FROM generate_series(1, 3) i"
             )
-            await conn.execute(
-                queries.ADD_PARTITIONS, list(range(1000, 1001 + n_events // EVENTS_PER_RUN))
-            )
+            await conn.execute(ADD_PARTITIONS, list(range(1000, 1001 + n_events // EVENTS_PER_RUN)))
             await conn.execute(
                 f"""
                 INSERT INTO events
@@ -110,7 +114,7 @@ async def prepare_database(url: str, n_events: int) -> str:
                 """,
                 n_events,
             )
-            await conn.execute("VACUUM ANALYZE events")
+            await conn.execute(ANALYZE_EVENTS)
             log(f"loaded in {time.perf_counter() - started:.1f} s")
     finally:
         await conn.close()
@@ -136,7 +140,7 @@ async def floor_sorted_batches(
     conn: asyncpg.Connection, runs: list[int], events: list[int]
 ) -> None:
     async with conn.transaction():
-        await conn.execute("SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off")
+        await conn.execute(NESTED_LOOPS_ONLY)
         for start in range(0, len(runs), FLOOR_BATCH):
             r = np.asarray(runs[start : start + FLOOR_BATCH])
             e = np.asarray(events[start : start + FLOOR_BATCH])

@@ -11,6 +11,10 @@ import asyncpg
 
 from bench.common import Results, log, migrated_database, server_url, timed
 
+TRUNCATE_LOADS = "TRUNCATE events, events_baseline, load_conflicts, loads"
+ANALYZE_LOADED = "VACUUM ANALYZE events, events_baseline"
+CHECKPOINT = "CHECKPOINT"
+
 
 async def raw_copy(conn: asyncpg.Connection, table: str, path: Path) -> None:
     def chunks() -> Any:
@@ -77,11 +81,11 @@ async def bench_load(args: argparse.Namespace) -> None:
         for rnd in range(args.rounds):
             for scenario in ("empty", "holding"):
                 log(f"round {rnd + 1}/{args.rounds}: {scenario} table")
-                await conn.execute("TRUNCATE events, events_baseline, load_conflicts, loads")
+                await conn.execute(TRUNCATE_LOADS)
                 if scenario == "holding":
                     await raw_copy(conn, "events_baseline", other / "events.csv")
                     await raw_copy(conn, "events", other / "events.csv")
-                    await conn.execute("VACUUM ANALYZE events, events_baseline")
+                    await conn.execute(ANALYZE_LOADED)
                 steps = [
                     ("raw", lambda: raw_copy(conn, "events_baseline", new / "events.csv")),
                     ("loader", lambda: loader_copy(conn, new / "events.csv")),
@@ -89,7 +93,7 @@ async def bench_load(args: argparse.Namespace) -> None:
                 if rnd % 2:
                     steps.reverse()
                 for name, step in steps:
-                    await conn.execute("CHECKPOINT")
+                    await conn.execute(CHECKPOINT)
                     res.add(f"{name} {scenario}", await timed(n, step))
     finally:
         await conn.close()

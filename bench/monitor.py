@@ -15,6 +15,8 @@ import asyncpg
 from bench.common import status_kib
 from bench.workload import LoadGauge
 
+BACKEND_PID = "SELECT pg_backend_pid()"
+
 
 def _stat(pid: int | str) -> list[str]:
     """The fields of /proc/PID/stat after the command name (state is [0], ppid [1])."""
@@ -50,7 +52,7 @@ async def local_postmaster(db_url: str) -> int | None:
     the parent of the backend serving a connection."""
     conn = await asyncpg.connect(db_url)
     try:
-        backend: int = await conn.fetchval("SELECT pg_backend_pid()")
+        backend: int = await conn.fetchval(BACKEND_PID)
         return _postgres_parent(backend)
     finally:
         await conn.close()

@@ -23,6 +23,9 @@ from bench.common import (
 )
 from bench.load import generated
 
+CREATE_BENCH_DATABASE = "CREATE DATABASE eventindex"
+ANALYZE_ALL = "VACUUM ANALYZE"
+
 
 async def bench_scale(args: argparse.Namespace) -> None:
     """Single server vs a coordinator with ``--shards`` shards, all local PostgreSQL 15."""
@@ -40,7 +43,7 @@ async def bench_scale(args: argparse.Namespace) -> None:
         shards = [LocalServer(root, f"shard{i}").init(**conf).start() for i in range(args.shards)]
         servers += [single, coordinator, *shards]
         for server in servers:
-            server.psql("CREATE DATABASE eventindex")
+            server.psql(CREATE_BENCH_DATABASE)
         single_url, coordinator_url = single.url("eventindex"), coordinator.url("eventindex")
         await migrated_database(single.url(), "eventindex")
         await sharding.init(
@@ -59,7 +62,7 @@ async def bench_scale(args: argparse.Namespace) -> None:
             elapsed = time.perf_counter() - started
             log(f"loaded {args.events:,} events, {label}: {args.events / elapsed:,.0f} events/s")
         for server in [single, *shards]:
-            server.psql("VACUUM ANALYZE", "eventindex")
+            server.psql(ANALYZE_ALL, "eventindex")
         runs, events = await sample_pairs(single_url, max(args.pairs), 11)
         bodies = {
             n: "".join(f"{r} {e}\n" for r, e in zip(runs[:n], events[:n], strict=True)).encode()

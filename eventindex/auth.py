@@ -12,9 +12,7 @@ Credentials never reach the logs.
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -25,15 +23,13 @@ import jwt
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from eventindex import queries
 from eventindex.config import Settings
 from eventindex.db import Database
 from eventindex.jwks import JwksCache, KeysUnavailable, UnknownKey
 from eventindex.middleware.ratelimit import charge_of
 from eventindex.problems import Problem
+from eventindex.tokens import SCOPES, TOKEN_PREFIX, USE_TOKEN, token_digest
 
-SCOPES = ("read", "write", "admin")
-TOKEN_PREFIX = "ei_"
 _JWT_ALGORITHMS = ["RS256", "RS384", "RS512", "ES256", "ES384", "PS256"]
 
 log = logging.getLogger("eventindex.auth")
@@ -48,14 +44,6 @@ BEARER = HTTPBearer(
     "authentication is on (production mode); without it the API is open.",
     auto_error=False,
 )
-
-
-def new_token() -> str:
-    return TOKEN_PREFIX + secrets.token_urlsafe(32)
-
-
-def token_digest(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -199,7 +187,7 @@ class Authenticator:
         if credential.startswith(TOKEN_PREFIX):
             db: Database = request.state.db
             async with db.connection() as conn:
-                row = await conn.fetchrow(queries.USE_TOKEN, token_digest(credential))
+                row = await conn.fetchrow(USE_TOKEN, token_digest(credential))
             if row is None:
                 self._failed(request, "unknown, expired or revoked API token")
                 raise _unauthorized("The API token is unknown, expired or revoked.")

@@ -17,6 +17,17 @@ from pydantic import ValidationError
 from eventindex.config import Settings, describe_validation_error
 from eventindex.middleware.requestlog import configure_logging
 
+# --- SQL (bound parameters only; tests/test_sql_safety.py) ---
+
+CATALOGUE_EMPTY = "SELECT NOT EXISTS (SELECT 1 FROM events)"
+
+# A few events spread over the catalogue (a sample of pages, not a scan).
+SAMPLE_EVENTS = """
+SELECT run_number, event_number FROM events TABLESAMPLE SYSTEM (1)
+ORDER BY random() LIMIT $1
+"""
+
+
 if TYPE_CHECKING:
     import asyncpg
 
@@ -377,11 +388,9 @@ async def _load_demo(url: str, data_dir: Path) -> None:
     JSON logs every line is JSON)."""
     log = logging.getLogger("eventindex")
 
-    from eventindex import queries
-
     conn = await connect_or_fail(url)
     try:
-        if await conn.fetchval(queries.CATALOGUE_EMPTY):
+        if await conn.fetchval(CATALOGUE_EMPTY):
             from eventindex.ingest import generator
             from eventindex.ingest.loader import Loader
             from eventindex.ingest.source import Source
@@ -398,7 +407,7 @@ async def _load_demo(url: str, data_dir: Path) -> None:
                     events = Source("demo events", out / "events.csv")
                     result = await loader.load_events(events)
             log.info("%s", result.summary())
-        rows = await conn.fetch(queries.SAMPLE_EVENTS, 3)
+        rows = await conn.fetch(SAMPLE_EVENTS, 3)
     finally:
         await conn.close()
     if rows:

@@ -20,6 +20,11 @@ from asyncpg.pool import PoolConnectionProxy
 from eventindex.config import Settings
 from eventindex.metrics import current as current_metrics
 
+# --- SQL (bound parameters only; tests/test_sql_safety.py) ---
+
+PING = "SELECT 1"
+
+
 # What "the database is not there" looks like from asyncpg: refused or dropped
 # connections, a server starting up or shutting down, a full pool.
 log = logging.getLogger("eventindex")
@@ -370,3 +375,7 @@ async def copy_unless_lost(conn: asyncpg.Connection, copy: Awaitable[_T]) -> _T:
         raise
     finally:
         conn.remove_termination_listener(on_close)
+
+
+async def ping(conn: Connection, timeout: float) -> None:
+    await conn.fetchval(PING, timeout=timeout)

@@ -10,9 +10,49 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from eventindex import queries
 from eventindex.db import Connection, Lane
 from eventindex.metrics import count_pairs, timed_query
+
+# --- SQL (bound parameters only; tests/test_sql_safety.py) ---
+
+# Every lookup goes through eventindex_lookup(runs, events) (migration 0005): on one
+# server a SQL function probing the primary key, on a sharded coordinator a PL/Proxy
+# function of the same signature that sends each shard its own pairs (docs/scaling.md).
+# The function sets its own plan (a nested loop of index probes); what is left here is
+# matching its answers back to the request, which is a hash join at every size, and JIT
+# costs more than it saves.
+LOOKUP_PLAN_SETTINGS = (
+    "SET LOCAL enable_nestloop = off; SET LOCAL enable_mergejoin = off; SET LOCAL jit = off"
+)
+
+# One round trip per batch, and the database writes the JSON text itself, so the
+# service never builds a Python object per pair; each pair's position in the request
+# puts the answers in request order. $3 separates the objects: a newline for NDJSON, a
+# comma inside a JSON array.
+LOOKUP_BATCH_JSON = """
+SELECT convert_to(
+           string_agg(
+               CASE WHEN x.fuid_raw IS NULL THEN
+                   '{"run_number":' || p.r || ',"event_number":' || p.e
+                   || ',"found":false,"fuid_raw":null,"dsid_raw":null,"olt_result":null}'
+               ELSE
+                   '{"run_number":' || p.r || ',"event_number":' || p.e
+                   || ',"found":true,"fuid_raw":"' || x.fuid_raw
+                   || '","dsid_raw":' || x.dsid_raw || ',"olt_result":' || x.olt_result || '}'
+               END,
+               $3::text ORDER BY p.o),
+           'UTF8') AS body,
+       count(x.fuid_raw) AS found
+FROM unnest($1::integer[], $2::bigint[]) WITH ORDINALITY AS p (r, e, o)
+LEFT JOIN eventindex_lookup($1::integer[], $2::bigint[]) AS x
+       ON x.run_number = p.r AND x.event_number = p.e
+"""
+
+GET_EVENT = """
+SELECT run_number, event_number, fuid_raw::text AS fuid_raw, dsid_raw, olt_result
+FROM eventindex_lookup(ARRAY[$1::integer], ARRAY[$2::bigint])
+"""
+
 
 Batch = tuple[list[int], list[int]]
 
@@ -46,7 +86,7 @@ async def lookup_batch(
     if not runs:
         return BatchResult(b"", 0, 0)
     with timed_query("lookup_batch"):
-        row = await conn.fetchrow(queries.LOOKUP_BATCH_JSON, runs, events, separator)
+        row = await conn.fetchrow(LOOKUP_BATCH_JSON, runs, events, separator)
     assert row is not None
     return BatchResult(bytes(row["body"]), len(runs), int(row["found"]))
 
@@ -55,7 +95,7 @@ async def lookup_batch(
 async def lookup_connection(lane: Lane) -> AsyncIterator[Connection]:
     """A pooled connection in a read-only transaction set up for lookups."""
     async with lane.acquire() as conn, conn.transaction(readonly=True):
-        await conn.execute(queries.LOOKUP_PLAN_SETTINGS)
+        await conn.execute(LOOKUP_PLAN_SETTINGS)
         yield conn
 
 
@@ -163,9 +203,9 @@ async def get_event(lane: Lane, run: int, event: int) -> asyncpg.Record | None:
     try:
         async with lane.acquire() as conn:
             with timed_query("get_event"):
-                return await conn.fetchrow(queries.GET_EVENT, run, event)
+                return await conn.fetchrow(GET_EVENT, run, event)
     except BROKEN_CONNECTION_ERRORS:
         await asyncio.sleep(_RETRY_PAUSE)  # asked once more: see lookup_on_pool
     async with lane.acquire() as conn:
         with timed_query("get_event"):
-            return await conn.fetchrow(queries.GET_EVENT, run, event)
+            return await conn.fetchrow(GET_EVENT, run, event)

@@ -6,11 +6,21 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
+from typing import TYPE_CHECKING
 
 import asyncpg
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:  # db imports this module (the metrics of a pool)
+    from eventindex.db import Connection
+
+
+# --- SQL (bound parameters only; tests/test_sql_safety.py) ---
+
+EVENTS_LOADED = "SELECT coalesce(sum(events_inserted), 0) FROM loads"
+
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 _STREAM_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600)
@@ -115,3 +125,8 @@ def count_pairs(found: int, requested: int) -> None:
     metrics = current.get()
     if metrics is not None:
         metrics.looked_up(found, requested)
+
+
+async def events_loaded(conn: Connection, timeout: float) -> int:
+    """Events the loads recorded (the gauge of /metrics)."""
+    return int(await conn.fetchval(EVENTS_LOADED, timeout=timeout))

@@ -10,8 +10,29 @@ from pathlib import Path
 
 import asyncpg
 
-from eventindex import queries
 from eventindex.db import Connection
+
+# --- SQL (bound parameters only; tests/test_sql_safety.py) ---
+
+MIGRATIONS_LOCK = "SELECT pg_advisory_lock(hashtext('eventindex.migrations'))"
+
+MIGRATIONS_UNLOCK = "SELECT pg_advisory_unlock(hashtext('eventindex.migrations'))"
+
+CREATE_MIGRATIONS_TABLE = """
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version    integer PRIMARY KEY,
+    name       text NOT NULL,
+    checksum   text NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+)
+"""
+
+MIGRATIONS_TABLE_EXISTS = "SELECT to_regclass('schema_migrations') IS NOT NULL"
+
+APPLIED_MIGRATIONS = "SELECT version, name, checksum FROM schema_migrations ORDER BY version"
+
+RECORD_MIGRATION = "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)"
+
 
 _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
@@ -56,9 +77,9 @@ def load_migrations(directory: Path | None = None) -> list[Migration]:
 
 
 async def _applied(conn: Connection) -> dict[int, tuple[str, str]]:
-    if not await conn.fetchval(queries.MIGRATIONS_TABLE_EXISTS):
+    if not await conn.fetchval(MIGRATIONS_TABLE_EXISTS):
         return {}
-    rows = await conn.fetch(queries.APPLIED_MIGRATIONS)
+    rows = await conn.fetch(APPLIED_MIGRATIONS)
     return {r["version"]: (r["name"], r["checksum"]) for r in rows}
 
 
@@ -82,9 +103,9 @@ async def pending(conn: Connection, directory: Path | None = None) -> list[Migra
 async def apply(conn: Connection, directory: Path | None = None) -> list[Migration]:
     """Apply what is pending; return what was applied. Safe to run concurrently."""
     migrations = load_migrations(directory)
-    await conn.execute(queries.MIGRATIONS_LOCK)
+    await conn.execute(MIGRATIONS_LOCK)
     try:
-        await conn.execute(queries.CREATE_MIGRATIONS_TABLE)
+        await conn.execute(CREATE_MIGRATIONS_TABLE)
         applied = await _applied(conn)
         _check_history(migrations, applied)
         done = []
@@ -94,10 +115,10 @@ async def apply(conn: Connection, directory: Path | None = None) -> list[Migrati
             try:
                 async with conn.transaction():
                     await conn.execute(m.sql)
-                    await conn.execute(queries.RECORD_MIGRATION, m.version, m.name, m.checksum)
+                    await conn.execute(RECORD_MIGRATION, m.version, m.name, m.checksum)
             except asyncpg.PostgresError as exc:
                 raise MigrationError(f"migration {m.name} failed: {exc}") from exc
             done.append(m)
         return done
     finally:
-        await conn.execute(queries.MIGRATIONS_UNLOCK)
+        await conn.execute(MIGRATIONS_UNLOCK)

@@ -19,6 +19,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
@@ -33,6 +34,88 @@ from eventindex.db import (
     describe_connect_error,
     redact,
 )
+from eventindex.ingest.statements import ADD_PARTITIONS, EVENT_COLUMNS
+
+# --- SQL (bound parameters only; tests/test_sql_safety.py) ---
+
+IS_COORDINATOR = "SELECT to_regclass('eventindex_shards') IS NOT NULL"
+
+
+# The coordinator holds no events itself: its own tables give way to the views.
+COORDINATOR_EMPTY = "SELECT NOT EXISTS (SELECT 1 FROM events) AND NOT EXISTS (SELECT 1 FROM files)"
+
+DROP_LOCAL_EVENT_TABLES = "DROP TABLE events, files, run_olt_counts"
+
+ADD_SHARD = """
+INSERT INTO eventindex_shards (name, host, port, dbname, username, password)
+VALUES ($1, $2, $3, $4, $5, $6)
+"""
+
+ASSIGN_SLOTS = """
+INSERT INTO eventindex_shard_slots (slot, shard)
+SELECT slot, shard FROM unnest($1::integer[], $2::text[]) AS u (slot, shard)
+ON CONFLICT (slot) DO UPDATE SET shard = EXCLUDED.shard
+"""
+
+BUMP_SHARD_MAP = "UPDATE eventindex_shard_map_version SET version = version + 1"
+
+# Statements on the coordinator that began before $1 and still run (they may be routing
+# by the map of before $1).
+OLDER_STATEMENTS = """
+SELECT count(*) FROM pg_stat_activity
+WHERE datname = current_database() AND pid <> pg_backend_pid() AND state = 'active'
+  AND query_start < $1
+"""
+
+NOW = "SELECT clock_timestamp()"
+
+SHARD_VIEWS = "SELECT eventindex_shard_views()"
+
+# Loads hold the map shared for their whole transaction and a slot move holds it alone, so
+# no load can write a run to the shard it is being moved away from.
+LOCK_SHARD_MAP_SHARED = "SELECT pg_advisory_xact_lock_shared(hashtext('eventindex.shard_map'))"
+
+LOCK_SHARD_MAP = "SELECT pg_advisory_xact_lock(hashtext('eventindex.shard_map'))"
+
+SHARDS = "SELECT name, host, port, dbname, username, password FROM eventindex_shards ORDER BY name"
+
+SHARD_SLOTS = "SELECT slot, shard FROM eventindex_shard_slots ORDER BY slot"
+
+SLOT_OWNER = "SELECT shard FROM eventindex_shard_slots WHERE slot = $1"
+
+# Runs a shard holds whose slot is $1 of $2 slots.
+RUNS_OF_SLOT = """
+SELECT DISTINCT run_number FROM run_olt_counts
+WHERE (hashint4(run_number) & ($2 - 1)) = $1
+ORDER BY run_number
+"""
+
+EVENTS_OF_RUNS = """
+SELECT run_number, event_number, olt_result, dsid_raw, fuid_raw FROM events
+WHERE run_number = ANY($1::integer[])
+"""
+
+DELETE_EVENTS_OF_RUNS = "DELETE FROM events WHERE run_number = ANY($1::integer[])"
+
+ALL_DATASETS = "SELECT id, name, data_type, description, created_at, metadata FROM datasets"
+
+# A shard keeps a copy of the datasets (its loads check them); they only ever grow.
+SYNC_DATASETS = """
+INSERT INTO datasets (id, name, data_type, description, created_at, metadata)
+SELECT * FROM unnest($1::integer[], $2::text[], $3::text[], $4::text[], $5::timestamptz[],
+                     $6::jsonb[])
+ON CONFLICT (id) DO NOTHING
+"""
+
+PREPARED_TRANSACTIONS = "SELECT gid FROM pg_prepared_xacts WHERE gid LIKE 'eventindex-%'"
+
+# Two-phase commit: {gid} is filled with literal() only (utility statements cannot bind).
+PREPARE_TRANSACTION = "PREPARE TRANSACTION {gid}"
+
+COMMIT_PREPARED = "COMMIT PREPARED {gid}"
+
+ROLLBACK_PREPARED = "ROLLBACK PREPARED {gid}"
+
 
 log = logging.getLogger("eventindex")
 
@@ -136,13 +219,13 @@ class ShardMap:
 
     @classmethod
     async def load(cls, conn: asyncpg.Connection) -> ShardMap:
-        shards = {r["name"]: Shard(**dict(r)) for r in await conn.fetch(queries.SHARDS)}
-        slots = [r["shard"] for r in await conn.fetch(queries.SHARD_SLOTS)]
+        shards = {r["name"]: Shard(**dict(r)) for r in await conn.fetch(SHARDS)}
+        slots = [r["shard"] for r in await conn.fetch(SHARD_SLOTS)]
         return cls(shards, slots)
 
 
 async def is_coordinator(conn: asyncpg.Connection) -> bool:
-    return bool(await conn.fetchval(queries.IS_COORDINATOR))
+    return bool(await conn.fetchval(IS_COORDINATOR))
 
 
 async def _connect(shard: Shard) -> asyncpg.Connection:
@@ -161,9 +244,9 @@ async def _connect_coordinator(url: str) -> asyncpg.Connection:
 
 
 async def sync_datasets(coordinator: asyncpg.Connection, shard: asyncpg.Connection) -> None:
-    rows = await coordinator.fetch(queries.ALL_DATASETS)
+    rows = await coordinator.fetch(ALL_DATASETS)
     columns: list[list[Any]] = [[r[i] for r in rows] for i in range(6)]
-    await shard.execute(queries.SYNC_DATASETS, *columns)
+    await shard.execute(SYNC_DATASETS, *columns)
 
 
 class TwoPhase:
@@ -193,7 +276,7 @@ class TwoPhase:
                     await tr.rollback()
         for _label, conn, gid in prepared:
             try:
-                await conn.execute(queries.ROLLBACK_PREPARED.format(gid=queries.literal(gid)))
+                await conn.execute(ROLLBACK_PREPARED.format(gid=queries.literal(gid)))
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
                 log.warning("could not roll back prepared transaction %s", gid)
         self._members.clear()
@@ -208,7 +291,7 @@ class TwoPhase:
                     continue
                 gid = f"{self.gid}-{i}"
                 try:
-                    await conn.execute(queries.PREPARE_TRANSACTION.format(gid=queries.literal(gid)))
+                    await conn.execute(PREPARE_TRANSACTION.format(gid=queries.literal(gid)))
                 except asyncpg.PostgresError as exc:
                     first = str(exc).splitlines()[0]
                     raise ShardingError(
@@ -241,7 +324,7 @@ class TwoPhase:
                     continue
                 label, conn, gid = prepared.pop(i)
                 try:
-                    await conn.execute(queries.COMMIT_PREPARED.format(gid=queries.literal(gid)))
+                    await conn.execute(COMMIT_PREPARED.format(gid=queries.literal(gid)))
                 except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                     unfinished.append(f"on {label}: COMMIT PREPARED '{gid}' ({exc})")
         finally:
@@ -294,20 +377,20 @@ async def init(
             for shard in members:
                 await migrate.apply(conns[shard.name])
             async with coordinator.transaction():
-                if not await coordinator.fetchval(queries.COORDINATOR_EMPTY):
+                if not await coordinator.fetchval(COORDINATOR_EMPTY):
                     raise ShardingError(
                         "the coordinator holds events; shard a new, empty catalogue (an "
                         "existing one can become a shard: docs/scaling.md)"
                     )
-                await coordinator.execute(queries.COORDINATOR_SCHEMA)
-                await coordinator.execute(queries.DROP_LOCAL_EVENT_TABLES)
+                await coordinator.execute(coordinator_schema())
+                await coordinator.execute(DROP_LOCAL_EVENT_TABLES)
                 for s in members:
                     await coordinator.execute(
-                        queries.ADD_SHARD, s.name, s.host, s.port, s.dbname, s.username, s.password
+                        ADD_SHARD, s.name, s.host, s.port, s.dbname, s.username, s.password
                     )
-                await coordinator.execute(queries.ASSIGN_SLOTS, list(range(slots)), shard_map.slots)
-                await coordinator.execute(queries.BUMP_SHARD_MAP)
-                await coordinator.execute(queries.SHARD_VIEWS)
+                await coordinator.execute(ASSIGN_SLOTS, list(range(slots)), shard_map.slots)
+                await coordinator.execute(BUMP_SHARD_MAP)
+                await coordinator.execute(SHARD_VIEWS)
             for shard in members:
                 await sync_datasets(coordinator, conns[shard.name])
     finally:
@@ -319,14 +402,14 @@ async def _move_runs(
     source: asyncpg.Connection, target: asyncpg.Connection, runs: list[int]
 ) -> int:
     """Copy the events of ``runs`` from one shard to another (both in transactions)."""
-    await target.execute(queries.ADD_PARTITIONS, runs)
+    await target.execute(ADD_PARTITIONS, runs)
     with tempfile.TemporaryFile(prefix="eventindex-move-") as buffer:
-        await source.copy_from_query(queries.EVENTS_OF_RUNS, runs, output=buffer, format="binary")
+        await source.copy_from_query(EVENTS_OF_RUNS, runs, output=buffer, format="binary")
         buffer.seek(0)
         status = await copy_unless_lost(
             target,
             target.copy_to_table(
-                "events", source=buffer, columns=list(queries.EVENT_COLUMNS), format="binary"
+                "events", source=buffer, columns=list(EVENT_COLUMNS), format="binary"
             ),
         )
     return int(status.split()[-1])
@@ -353,7 +436,7 @@ async def add(coordinator_url: str, name: str, url: str) -> dict[int, int]:
             if known is None:
                 async with coordinator.transaction():
                     await coordinator.execute(
-                        queries.ADD_SHARD,
+                        ADD_SHARD,
                         new.name,
                         new.host,
                         new.port,
@@ -361,7 +444,7 @@ async def add(coordinator_url: str, name: str, url: str) -> dict[int, int]:
                         new.username,
                         new.password,
                     )
-                    await coordinator.execute(queries.SHARD_VIEWS)
+                    await coordinator.execute(SHARD_VIEWS)
             others = ShardMap(
                 {n: s for n, s in shard_map.shards.items() if n != name}, shard_map.slots
             )
@@ -408,17 +491,16 @@ async def _move_slot(
         await commit.begin(f"shard {name}", target)
         await commit.begin("coordinator", coordinator, decides=True)
         # Running loads finish first, and new ones wait for the new map.
-        await coordinator.execute(queries.LOCK_SHARD_MAP)
+        await coordinator.execute(LOCK_SHARD_MAP)
         await commit.begin(f"shard {shard_map.slots[slot]}", source)
         runs = [
-            r["run_number"]
-            for r in await source.fetch(queries.RUNS_OF_SLOT, slot, len(shard_map.slots))
+            r["run_number"] for r in await source.fetch(RUNS_OF_SLOT, slot, len(shard_map.slots))
         ]
         moved = await _move_runs(source, target, runs) if runs else 0
-        await coordinator.execute(queries.ASSIGN_SLOTS, [slot], [name])
-        await coordinator.execute(queries.BUMP_SHARD_MAP)
+        await coordinator.execute(ASSIGN_SLOTS, [slot], [name])
+        await coordinator.execute(BUMP_SHARD_MAP)
         if runs:
-            await source.execute(queries.DELETE_EVENTS_OF_RUNS, runs)
+            await source.execute(DELETE_EVENTS_OF_RUNS, runs)
     except BaseException:
         await commit.rollback()
         raise
@@ -432,9 +514,9 @@ async def _move_slot(
         # The copy may be committed and the map not: remove the copy, which no lookup
         # reaches and the catalogue views would count twice.
         with contextlib.suppress(Exception):
-            owner = await coordinator.fetchval(queries.SLOT_OWNER, slot)
+            owner = await coordinator.fetchval(SLOT_OWNER, slot)
             if owner != name and runs:
-                await target.execute(queries.DELETE_EVENTS_OF_RUNS, runs)
+                await target.execute(DELETE_EVENTS_OF_RUNS, runs)
         raise
     log.info("slot %d: %d events of %d runs moved to shard %s", slot, moved, len(runs), name)
     return moved
@@ -445,7 +527,7 @@ async def _wait_for_prepared(conn: asyncpg.Connection, label: str, patience: flo
     prepared on the source would be missed by the copy and later committed where no
     lookup goes. Wait for them; name them if they stay."""
     deadline = asyncio.get_running_loop().time() + patience
-    while gids := [r["gid"] for r in await conn.fetch(queries.PREPARED_TRANSACTIONS)]:
+    while gids := [r["gid"] for r in await conn.fetch(PREPARED_TRANSACTIONS)]:
         if asyncio.get_running_loop().time() > deadline:
             raise ShardingError(
                 f"shard {label} has prepared transactions {', '.join(gids)}: finish them "
@@ -457,9 +539,9 @@ async def _wait_for_prepared(conn: asyncpg.Connection, label: str, patience: flo
 async def _drain(coordinator: asyncpg.Connection, patience: float = 120.0) -> None:
     """Wait until no statement that began under the old map still runs: a lookup that
     read the old map may still be on its way to the old shard."""
-    switched = await coordinator.fetchval(queries.NOW)
+    switched = await coordinator.fetchval(NOW)
     deadline = asyncio.get_running_loop().time() + patience
-    while await coordinator.fetchval(queries.OLDER_STATEMENTS, switched):
+    while await coordinator.fetchval(OLDER_STATEMENTS, switched):
         if asyncio.get_running_loop().time() > deadline:
             log.warning("statements older than the map switch still run; deleting anyway")
             return
@@ -474,3 +556,9 @@ def describe(shard_map: ShardMap) -> Iterable[str]:
 
 def _digits(text: str) -> bool:
     return text.isascii() and text.isdigit()
+
+
+def coordinator_schema() -> str:
+    """The coordinator's DDL (PL/Proxy functions, foreign tables, the shard map): a file of its
+    own, sharding.sql, beside this module."""
+    return (Path(__file__).parent / "sharding.sql").read_text()

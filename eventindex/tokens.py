@@ -2,18 +2,67 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
+import secrets
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
 
-from eventindex import queries
-from eventindex.auth import SCOPES, new_token, token_digest
 from eventindex.db import Connection
 
+# --- SQL (bound parameters only; tests/test_sql_safety.py) ---
+
+CREATE_TOKEN = """
+INSERT INTO api_tokens (name, token_sha256, scopes, expires_at)
+VALUES ($1, $2, $3, $4)
+RETURNING name, scopes, created_at, expires_at
+"""
+
+# The token's record if it may be used now; marks it used (at most once a minute).
+USE_TOKEN = """
+WITH found AS (
+    SELECT id, name, scopes, last_used_at FROM api_tokens
+    WHERE token_sha256 = $1 AND revoked_at IS NULL
+      AND (expires_at IS NULL OR expires_at > now())
+), touched AS (
+    UPDATE api_tokens AS t SET last_used_at = now()
+    FROM found AS f
+    WHERE t.id = f.id AND (f.last_used_at IS NULL OR f.last_used_at < now() - interval '1 minute')
+)
+SELECT name, scopes FROM found
+"""
+
+LIST_TOKENS = """
+SELECT name, scopes, created_at, expires_at, last_used_at, revoked_at,
+       CASE WHEN revoked_at IS NOT NULL THEN 'revoked'
+            WHEN expires_at <= now() THEN 'expired'
+            ELSE 'active' END AS state
+FROM api_tokens ORDER BY name
+"""
+
+REVOKE_TOKEN = """
+UPDATE api_tokens SET revoked_at = now() WHERE name = $1 AND revoked_at IS NULL RETURNING name
+"""
+
+
 _DURATION = re.compile(r"^([0-9]+)([dhm])$")
+
+
+SCOPES = ("read", "write", "admin")
+TOKEN_PREFIX = "ei_"
+
+
+def new_token() -> str:
+    return TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+def token_digest(token: str) -> str:
+    """Only this is stored: the digest of a high-entropy secret is looked up by an index, so
+    no comparison's timing depends on the secret."""
+    return hashlib.sha256(token.encode()).hexdigest()
 
 
 NAME_PATTERN = r"^[A-Za-z0-9._@-]{1,100}$"
@@ -64,7 +113,7 @@ async def create(
     token = new_token()
     try:
         row = await conn.fetchrow(
-            queries.CREATE_TOKEN, name, token_digest(token), sorted(set(scopes)), expires_at
+            CREATE_TOKEN, name, token_digest(token), sorted(set(scopes)), expires_at
         )
     except asyncpg.UniqueViolationError:
         raise TokenExists(f"a token named {name!r} exists already") from None
@@ -73,8 +122,8 @@ async def create(
 
 
 async def list_all(conn: Connection) -> list[dict[str, Any]]:
-    return [dict(r) for r in await conn.fetch(queries.LIST_TOKENS)]
+    return [dict(r) for r in await conn.fetch(LIST_TOKENS)]
 
 
 async def revoke(conn: Connection, name: str) -> bool:
-    return await conn.fetchval(queries.REVOKE_TOKEN, name) is not None
+    return await conn.fetchval(REVOKE_TOKEN, name) is not None

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import asyncpg
 
-from eventindex import queries
 from eventindex.db import Lane
-from eventindex.lookup import lookup_batch, lookup_connection
+from eventindex.lookup import (
+    LOOKUP_BATCH_JSON,
+    LOOKUP_PLAN_SETTINGS,
+    lookup_batch,
+    lookup_connection,
+)
 
 
 async def _explain(conn: asyncpg.Connection, sql: str, *args: object) -> str:
@@ -22,8 +26,8 @@ async def test_plan_is_nested_loop_over_primary_key(database_url: str) -> None:
     conn = await asyncpg.connect(database_url)
     try:
         async with conn.transaction(readonly=True):
-            await conn.execute(queries.LOOKUP_PLAN_SETTINGS)
-            outer = await _explain(conn, queries.LOOKUP_BATCH_JSON, runs, events, "\n")
+            await conn.execute(LOOKUP_PLAN_SETTINGS)
+            outer = await _explain(conn, LOOKUP_BATCH_JSON, runs, events, "\n")
             function = await conn.fetchrow(
                 "SELECT prosrc, proconfig FROM pg_proc WHERE proname = 'eventindex_lookup'"
             )

@@ -11,7 +11,8 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from eventindex import migrate, queries
+from eventindex import migrate
+from eventindex.ingest.statements import ADD_PARTITIONS, EVENT_COLUMNS
 from eventindex.migrate import migrations_dir
 from tests.support.loading import generate, load
 
@@ -87,19 +88,19 @@ async def test_partitions_fit_between_existing_ones(catalogue: str) -> None:
     conn = await asyncpg.connect(catalogue)
     try:
         await conn.execute("UPDATE events_partitioning SET runs_per_partition = 1000")
-        await conn.execute(queries.ADD_PARTITIONS, [5500])
+        await conn.execute(ADD_PARTITIONS, [5500])
         await conn.execute("UPDATE events_partitioning SET runs_per_partition = 300")
         # 300-wide ranges around 4950 and 6100 would overlap [5000, 6000): narrowed.
-        made = await conn.fetchval(queries.ADD_PARTITIONS, [4950, 6100, 5999, 6100])
+        made = await conn.fetchval(ADD_PARTITIONS, [4950, 6100, 5999, 6100])
         assert made == 2
         assert await partitions(conn) == [
             ("events_r0000004800", 4800, 5000),
             ("events_r0000005000", 5000, 6000),
             ("events_r0000006000", 6000, 6300),
         ]
-        assert await conn.fetchval(queries.ADD_PARTITIONS, [5000, 6299]) == 0
+        assert await conn.fetchval(ADD_PARTITIONS, [5000, 6299]) == 0
         # The last range ends past the largest run number.
-        assert await conn.fetchval(queries.ADD_PARTITIONS, [2**31 - 1]) == 1
+        assert await conn.fetchval(ADD_PARTITIONS, [2**31 - 1]) == 1
         assert (await partitions(conn))[-1] == ("events_r2147483400", 2147483400, 2**31)
         await conn.execute("INSERT INTO datasets (id, name) VALUES (1, 'd')")
         await conn.execute("INSERT INTO events VALUES (2147483647, 1, 0, 1, gen_random_uuid())")
@@ -118,15 +119,13 @@ async def test_upgrade_attaches_an_existing_table(scratch_database: str, tmp_pat
         await migrate.apply(conn, before)
         await conn.execute("INSERT INTO datasets (id, name) VALUES (1, 'old'), (2, 'new')")
         rows = [(run, ev, ev % 4, 1, uuid.uuid4()) for run in (7, 142) for ev in range(300)]
-        await conn.copy_records_to_table(
-            "events", records=rows, columns=list(queries.EVENT_COLUMNS)
-        )
+        await conn.copy_records_to_table("events", records=rows, columns=list(EVENT_COLUMNS))
         applied = await migrate.apply(conn)
         assert applied[0].version == 5  # and any later ones
         assert await partitions(conn) == [("events_legacy", 0, 200)]
         assert await conn.fetchval("SELECT count(*) FROM events") == 600
         # New runs above the old ones get partitions of their own; the summaries follow.
-        await conn.execute(queries.ADD_PARTITIONS, [150, 250])
+        await conn.execute(ADD_PARTITIONS, [150, 250])
         await conn.execute(
             "INSERT INTO events VALUES (150, 1, 0, 2, gen_random_uuid()),"
             " (250, 1, 0, 2, gen_random_uuid())"

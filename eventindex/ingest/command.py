@@ -37,7 +37,7 @@ from pathlib import Path
 
 import asyncpg
 
-from eventindex import queries, sharding
+from eventindex import sharding
 from eventindex.db import (
     CONNECT_ERRORS,
     UNAVAILABLE_ERRORS,
@@ -47,6 +47,7 @@ from eventindex.db import (
 from eventindex.ingest.loader import FileResult, Loader
 from eventindex.ingest.sharded import load_sharded
 from eventindex.ingest.source import LoadError, header_columns, plan
+from eventindex.ingest.statements import EVENT_COLUMNS
 
 _URL_VARIABLE = "EVENTINDEX_DATABASE_URL"
 
@@ -57,7 +58,7 @@ async def run(args: argparse.Namespace) -> int:
     # file is complete once the events start to flow: wait for them before reading it.
     for source in event_sources:
         if source.path is None:
-            header_columns(source, queries.EVENT_COLUMNS, queries.EVENT_COLUMNS)
+            header_columns(source, EVENT_COLUMNS, EVENT_COLUMNS)
     for source in dataset_sources:
         if source.path is not None and not source.path.is_file():
             raise LoadError(f"{source.name}: no such file")

@@ -23,6 +23,38 @@ from eventindex.db import (
     copy_unless_lost,
 )
 from eventindex.ingest.source import LoadError, Progress, Source, distinct_runs, header_columns
+from eventindex.ingest.statements import (
+    ADD_PARTITIONS,
+    ADD_PARTITIONS_FOR_STAGE,
+    ALL_CONFLICTS,
+    CLOSE_PRIVATE_STAGE,
+    COUNT_EVENT_STAGE,
+    CREATE_DATASET_STAGE,
+    CREATE_EVENT_DUPLICATES,
+    CREATE_EVENT_STAGE,
+    CREATE_STAGE_SCHEMA,
+    DATASET_BAD_ROW,
+    DATASET_COLUMNS,
+    DATASET_CONFLICT,
+    DROP_DATASET_STAGE,
+    DROP_EVENT_STAGE,
+    DUPLICATE_COUNTS,
+    DUPLICATE_DATASETS,
+    EVENT_BAD_ROW,
+    EVENT_COLUMNS,
+    EVENT_UNKNOWN_DATASET,
+    FIRST_CONFLICTS,
+    INSERT_DATASETS,
+    INSERT_STAGED_EVENTS,
+    LOAD_WORK_MEM,
+    OPEN_PRIVATE_STAGE,
+    PREVIOUS_LOAD,
+    RECORD_CONFLICTS,
+    RECORD_LOAD,
+    RESTORE_SEARCH_PATH,
+    SEARCH_PATH,
+    private_stage,
+)
 
 _COPY_CONTEXT = re.compile(r"COPY \w+, line (\d+)(?:, column (\w+)(?:: \"(.*)\")?)?", re.S)
 
@@ -136,19 +168,19 @@ class Loader:
         return progress.rows
 
     async def load_datasets(self, source: Source) -> int:
-        columns = header_columns(source, queries.DATASET_COLUMNS, ("id", "name"))
+        columns = header_columns(source, DATASET_COLUMNS, ("id", "name"))
         async with self.conn.transaction():
-            await self.conn.execute(queries.CREATE_DATASET_STAGE)
+            await self.conn.execute(CREATE_DATASET_STAGE)
             try:
                 await self._copy("dataset_stage", source, columns)
             except asyncpg.DataError as exc:
                 raise _copy_error(source, exc) from None
-            bad = await self.conn.fetchrow(queries.DATASET_BAD_ROW)
+            bad = await self.conn.fetchrow(DATASET_BAD_ROW)
             if bad is not None:
                 raise LoadError(
                     f"{source.name}: line {bad['line'] + 1}: a dataset needs an id >= 0 and a name"
                 )
-            clash = await self.conn.fetchrow(queries.DATASET_CONFLICT)
+            clash = await self.conn.fetchrow(DATASET_CONFLICT)
             if clash is not None:
                 theirs = (
                     f"line {clash['other_line'] + 1}"
@@ -160,22 +192,22 @@ class Loader:
                     f"{clash['name']!r} conflicts with dataset {clash['other_id']} "
                     f"{clash['other_name']!r} in {theirs}"
                 )
-            inserted = _count(await self.conn.execute(queries.INSERT_DATASETS))
-            await self.conn.execute("DROP TABLE dataset_stage")
+            inserted = _count(await self.conn.execute(INSERT_DATASETS))
+            await self.conn.execute(DROP_DATASET_STAGE)
         return inserted
 
     async def load_events(self, source: Source, *, retry_partitions: bool = False) -> FileResult:
-        columns = header_columns(source, queries.EVENT_COLUMNS, queries.EVENT_COLUMNS)
+        columns = header_columns(source, EVENT_COLUMNS, EVENT_COLUMNS)
         started = time.monotonic()
         started_at = datetime.now(UTC)
         digest = hashlib.sha256()
-        await self.conn.execute(queries.LOAD_WORK_MEM, self.work_mem)
+        await self.conn.execute(LOAD_WORK_MEM, self.work_mem)
         try:
             async with self.conn.transaction():
                 rows = await self._copy("events", source, columns, digest) - 1
                 if self.record:
                     await self.conn.fetchval(
-                        queries.RECORD_LOAD,
+                        RECORD_LOAD,
                         source.name,
                         digest.hexdigest(),
                         rows,
@@ -193,9 +225,7 @@ class Loader:
                 raise _copy_error(source, exc) from None
             if not retry_partitions:
                 # New runs: make their partitions (all of the file's at once), then again.
-                await self.conn.fetchval(
-                    queries.ADD_PARTITIONS, sorted(distinct_runs(source, columns))
-                )
+                await self.conn.fetchval(ADD_PARTITIONS, sorted(distinct_runs(source, columns)))
                 return await self.load_events(source, retry_partitions=True)
             # Run numbers the quick scan could not read (quoted, say): the careful path
             # makes partitions from what COPY parsed.
@@ -206,24 +236,24 @@ class Loader:
     ) -> FileResult:
         digest = hashlib.sha256()
         conn = self.conn
-        stage = queries.private_stage if self.private_stage else (lambda sql: sql)
+        stage = private_stage if self.private_stage else (lambda sql: sql)
         async with conn.transaction():
             if self.private_stage:
                 await self._open_private_stage()
-            await conn.execute(stage(queries.CREATE_EVENT_STAGE))
+            await conn.execute(stage(CREATE_EVENT_STAGE))
             try:
                 rows = await self._copy("event_stage", source, columns, digest) - 1
             except asyncpg.DataError as exc:
                 raise _copy_error(source, exc) from None
-            rows = await conn.fetchval("SELECT count(*) FROM event_stage")
-            bad = await conn.fetchrow(queries.EVENT_BAD_ROW)
+            rows = await conn.fetchval(COUNT_EVENT_STAGE)
+            bad = await conn.fetchrow(EVENT_BAD_ROW)
             if bad is not None:
                 raise LoadError(
                     f"{source.name}: line {source.line(bad['line'] + 1)}: "
                     "a value is missing or negative "
-                    f"({', '.join(f'{k}={bad[k]}' for k in queries.EVENT_COLUMNS)})"
+                    f"({', '.join(f'{k}={bad[k]}' for k in EVENT_COLUMNS)})"
                 )
-            unknown = await conn.fetchrow(queries.EVENT_UNKNOWN_DATASET)
+            unknown = await conn.fetchrow(EVENT_UNKNOWN_DATASET)
             if unknown is not None:
                 raise LoadError(
                     f"{source.name}: line {source.line(unknown['line'] + 1)}, "
@@ -231,13 +261,13 @@ class Loader:
                     f"'{unknown['dsid_raw']}': dataset {unknown['dsid_raw']} does not exist "
                     "(load its datasets.csv first)"
                 )
-            await conn.execute(stage(queries.CREATE_EVENT_DUPLICATES))
-            counts = await conn.fetchrow(queries.DUPLICATE_COUNTS)
+            await conn.execute(stage(CREATE_EVENT_DUPLICATES))
+            counts = await conn.fetchrow(DUPLICATE_COUNTS)
             assert counts is not None
             identical, conflicts = int(counts["identical"]), int(counts["conflicting"])
-            duplicate_datasets: list[int] = await conn.fetchval(queries.DUPLICATE_DATASETS)
+            duplicate_datasets: list[int] = await conn.fetchval(DUPLICATE_DATASETS)
             if conflicts and self.on_conflict == "fail":
-                first = await conn.fetch(queries.FIRST_CONFLICTS, 1)
+                first = await conn.fetch(FIRST_CONFLICTS, 1)
                 c = first[0]
                 raise LoadError(
                     f"{source.name}: line {source.line(c['line'] + 1)}: conflicting duplicate: run "
@@ -248,13 +278,13 @@ class Loader:
                     f"{c['olt_result']}); {conflicts:,} conflicting rows in all "
                     "(--on-conflict skip skips and reports them)"
                 )
-            await conn.fetchval(queries.ADD_PARTITIONS_FOR_STAGE)
-            inserted = _count(await conn.execute(queries.INSERT_STAGED_EVENTS))
+            await conn.fetchval(ADD_PARTITIONS_FOR_STAGE)
+            inserted = _count(await conn.execute(INSERT_STAGED_EVENTS))
             load_id = previous = None
             conflict_rows: list[tuple[Any, ...]] = []
             if self.record:
                 load_id = await conn.fetchval(
-                    queries.RECORD_LOAD,
+                    RECORD_LOAD,
                     source.name,
                     digest.hexdigest(),
                     rows,
@@ -265,16 +295,16 @@ class Loader:
                     duplicate_datasets,
                 )
                 if conflicts:
-                    await conn.execute(queries.RECORD_CONFLICTS, load_id)
+                    await conn.execute(RECORD_CONFLICTS, load_id)
                     if self.report is not None:
                         await self._write_report(source)
-                previous = await conn.fetchval(queries.PREVIOUS_LOAD, digest.hexdigest())
+                previous = await conn.fetchval(PREVIOUS_LOAD, digest.hexdigest())
             elif conflicts:
                 conflict_rows = [
                     (source.line(r["line"] + 1), *list(r.values())[1:])
-                    for r in await conn.fetch(queries.ALL_CONFLICTS)
+                    for r in await conn.fetch(ALL_CONFLICTS)
                 ]
-            await conn.execute("DROP TABLE event_duplicates; DROP TABLE event_stage")
+            await conn.execute(DROP_EVENT_STAGE)
             if self.private_stage:
                 await self._close_private_stage()
         return FileResult(
@@ -292,23 +322,23 @@ class Loader:
 
     async def _open_private_stage(self) -> None:
         self._stage_schema = f"eventindex_load_{uuid.uuid4().hex}"
-        self._search_path = await self.conn.fetchval(queries.SEARCH_PATH)
+        self._search_path = await self.conn.fetchval(SEARCH_PATH)
         await self.conn.execute(
-            queries.CREATE_STAGE_SCHEMA.format(schema=queries.ident(self._stage_schema))
+            CREATE_STAGE_SCHEMA.format(schema=queries.ident(self._stage_schema))
         )
-        await self.conn.execute(queries.OPEN_PRIVATE_STAGE, self._stage_schema)
+        await self.conn.execute(OPEN_PRIVATE_STAGE, self._stage_schema)
 
     async def _close_private_stage(self) -> None:
         await self.conn.execute(
-            queries.CLOSE_PRIVATE_STAGE.format(schema=queries.ident(self._stage_schema))
+            CLOSE_PRIVATE_STAGE.format(schema=queries.ident(self._stage_schema))
         )
-        await self.conn.execute(queries.RESTORE_SEARCH_PATH, self._search_path)
+        await self.conn.execute(RESTORE_SEARCH_PATH, self._search_path)
 
     async def _write_report(self, source: Source) -> None:
         assert self.report is not None
         rows = [
             (source.line(r["line"] + 1), *list(r.values())[1:])
-            async for r in self.conn.cursor(queries.ALL_CONFLICTS)
+            async for r in self.conn.cursor(ALL_CONFLICTS)
         ]
         write_report(self.report, source.name, rows)
 

@@ -13,9 +13,17 @@ from typing import IO
 
 import asyncpg
 
-from eventindex import queries, sharding
+from eventindex import sharding
 from eventindex.ingest.loader import FileResult, Loader, write_report
 from eventindex.ingest.source import LoadError, Source, header_columns
+from eventindex.ingest.statements import (
+    EVENT_COLUMNS,
+    PREVIOUS_LOAD,
+    RECORD_CONFLICT_ROW,
+    RECORD_LOAD,
+    SHARD_LOAD_LOCK_TIMEOUT,
+)
+from eventindex.sharding import LOCK_SHARD_MAP_SHARED
 
 # --- sharded catalogues ------------------------------------------------------------------
 
@@ -105,14 +113,14 @@ async def load_sharded(
     await commit.begin("the coordinator", coordinator, decides=True)
     try:
         # The map cannot change under the load (a slot move waits for it to end).
-        await coordinator.execute(queries.LOCK_SHARD_MAP_SHARED)
+        await coordinator.execute(LOCK_SHARD_MAP_SHARED)
         shard_map = await sharding.ShardMap.load(coordinator)
         async with sharding.shard_connections(shard_map) as conns:
             for name, conn in conns.items():
                 await commit.begin(f"shard {name}", conn)
                 # Loads wait for each other's locks on several servers, where no deadlock
                 # detector sees them all: a wait this long fails the load instead.
-                await conn.execute(queries.SHARD_LOAD_LOCK_TIMEOUT)
+                await conn.execute(SHARD_LOAD_LOCK_TIMEOUT)
             for source in dataset_sources:
                 n = await loader.load_datasets(source)
                 print(f"{source.name}: {n} new datasets")
@@ -134,7 +142,7 @@ async def _load_sharded_file(
     shard_map: sharding.ShardMap,
 ) -> FileResult:
     started, started_at = time.monotonic(), datetime.now(UTC)
-    columns = header_columns(source, queries.EVENT_COLUMNS, queries.EVENT_COLUMNS)
+    columns = header_columns(source, EVENT_COLUMNS, EVENT_COLUMNS)
     parts = ShardParts(source, columns, shard_map)
     try:
         parts.split()
@@ -163,7 +171,7 @@ async def _load_sharded_file(
     coordinator = loader.conn
     digest = parts.digest.hexdigest()
     load_id = await coordinator.fetchval(
-        queries.RECORD_LOAD,
+        RECORD_LOAD,
         source.name,
         digest,
         total.rows,
@@ -176,13 +184,13 @@ async def _load_sharded_file(
     total.conflict_rows.sort(key=lambda row: row[0])
     if total.conflict_rows:
         await coordinator.executemany(
-            queries.RECORD_CONFLICT_ROW,
+            RECORD_CONFLICT_ROW,
             # Recorded as the single-server loader does: the number of the data row.
             [(load_id, row[0] - 1, *row[1:]) for row in total.conflict_rows],
         )
         if loader.report is not None:
             write_report(loader.report, source.name, total.conflict_rows)
-    previous = await coordinator.fetchval(queries.PREVIOUS_LOAD, digest)
+    previous = await coordinator.fetchval(PREVIOUS_LOAD, digest)
     total.previous_load = previous if previous != load_id else None
     total.seconds = time.monotonic() - started
     return total

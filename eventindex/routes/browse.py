@@ -10,7 +10,7 @@ from uuid import UUID
 from fastapi import APIRouter, Depends, Path, Query
 from fastapi.responses import StreamingResponse
 
-from eventindex import catalogue, queries
+from eventindex import catalogue
 from eventindex.auth import require
 from eventindex.config import MAX_EVENT_NUMBER, MAX_RUN_NUMBER
 from eventindex.deps import DatabaseDep, ReadConnection
@@ -120,8 +120,7 @@ async def list_dataset_files(
     limit: Limit = 100,
 ) -> Any:
     """The dataset's files by run, then UUID; pass ``next`` back for the following page."""
-    rows = await conn.fetch(queries.DATASET_FILES_PAGE, dataset, after_run, after_fuid, limit)
-    items = [dict(r) for r in rows]
+    items = await catalogue.dataset_files_page(conn, dataset, after_run, after_fuid, limit)
     last = items[-1] if len(items) == limit else None
     following = {"after_run": last["run_number"], "after_fuid": last["fuid_raw"]} if last else None
     return {"items": items, "next": following}
@@ -158,26 +157,13 @@ async def dataset_consistency(
     ),
 )
 async def get_file(fuid: UUID, conn: ReadConnection) -> Any:
-    row = await conn.fetchrow(queries.FILE_INFO, fuid)
-    if row is None:
-        raise Problem(404, "file-not-found", "File not found", f"No file {fuid} in the catalogue.")
-    return dict(row)
+    return await catalogue.file_info(conn, fuid)
 
 
 @router.get("/files/{fuid}/events", response_class=StreamingResponse, responses=_NDJSON_DOC)
 async def file_events(fuid: UUID, conn: ReadConnection, db: DatabaseDep) -> CursorStream:
     """The file's events (run, event, decisions) as NDJSON, in event order."""
-    info = await conn.fetchrow(queries.FILE_INFO, fuid)
-    if info is None:
-        raise Problem(404, "file-not-found", "File not found", f"No file {fuid} in the catalogue.")
-    return CursorStream(
-        db.reads,
-        queries.FILE_EVENTS,
-        info["run_number"],
-        info["first_event"],
-        info["last_event"],
-        fuid,
-    )
+    return catalogue.file_events(db.reads, await catalogue.file_info(conn, fuid))
 
 
 @router.get(
@@ -192,7 +178,7 @@ async def list_runs(
     limit: Limit = 100,
 ) -> Any:
     """Runs with their event and file counts and datasets, by run number."""
-    items = [dict(r) for r in await conn.fetch(queries.RUN_PAGE, after, dataset, limit)]
+    items = await catalogue.run_page(conn, after, dataset, limit)
     return {"items": items, "next_after": items[-1]["run_number"] if len(items) == limit else None}
 
 
@@ -205,11 +191,7 @@ async def list_runs(
 )
 async def get_run(run: Run, conn: ReadConnection) -> Any:
     """A run's counts, and how many of its events each Online Filter decision selected."""
-    page = await conn.fetch(queries.RUN_PAGE, run - 1, None, 1)
-    if not page or page[0]["run_number"] != run:
-        raise Problem(404, "run-not-found", "Run not found", f"No events of run {run}.")
-    decisions = [dict(r) for r in await conn.fetch(queries.RUN_DECISIONS, run)]
-    return {**dict(page[0]), "decisions": decisions}
+    return await catalogue.run_detail(conn, run)
 
 
 @dataclass(frozen=True)
@@ -273,16 +255,7 @@ async def selection_events(
     """The selected events as NDJSON in (run, event) order; to resume, pass the last
     delivered run and event as ``after_run``/``after_event``. Scans the run range."""
     scope, bits = await selection.resolve(conn)
-    return CursorStream(
-        db.reads,
-        queries.SELECTION_EVENTS,
-        *scope.args(),
-        bits.all,
-        bits.any,
-        bits.none,
-        after_run,
-        after_event,
-    )
+    return catalogue.selection_events(db.reads, scope, bits, after_run, after_event)
 
 
 @router.get("/online-filter/overlap", response_model=Overlap, responses=_ERRORS)
@@ -305,4 +278,4 @@ async def decision_overlap(
     responses=problem_responses(401, 403, 503),
 )
 async def list_olt_bits(conn: ReadConnection) -> Any:
-    return [dict(r) for r in await conn.fetch(queries.LIST_OLT_BITS)]
+    return await catalogue.olt_bits(conn)

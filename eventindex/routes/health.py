@@ -8,8 +8,8 @@ import orjson
 from fastapi import APIRouter
 from fastapi.responses import Response
 
-from eventindex import migrate, queries
-from eventindex.db import UNAVAILABLE_ERRORS
+from eventindex import migrate
+from eventindex.db import UNAVAILABLE_ERRORS, ping
 from eventindex.deps import DatabaseDep
 from eventindex.schemas import Health, Readiness
 
@@ -32,7 +32,7 @@ async def health() -> dict[str, str]:
 async def ready(db: DatabaseDep) -> Any:
     try:
         async with db.connection(timeout=_READY_TIMEOUT) as conn:
-            await conn.fetchval(queries.PING, timeout=_READY_TIMEOUT)
+            await ping(conn, _READY_TIMEOUT)
             pending = [m.name for m in await migrate.pending(conn)]
     except UNAVAILABLE_ERRORS:
         body = {"status": "unavailable", "database": "unreachable", "pending_migrations": []}

@@ -9,10 +9,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from eventindex import queries
 from eventindex.db import UNAVAILABLE_ERRORS
 from eventindex.deps import DatabaseDep, SettingsDep
-from eventindex.metrics import Metrics
+from eventindex.metrics import Metrics, events_loaded
 from eventindex.middleware.ratelimit import charge_of
 from eventindex.problems import Problem, problem_responses
 
@@ -53,7 +52,7 @@ async def metrics(request: Request, db: DatabaseDep, settings: SettingsDep) -> R
     registry: Metrics = request.app.state.metrics
     try:
         async with db.connection(read=True, timeout=2.0) as conn:
-            registry.set_loaded(int(await conn.fetchval(queries.EVENTS_LOADED, timeout=2.0)))
+            registry.set_loaded(await events_loaded(conn, 2.0))
     except _DATABASE_AWAY:
         # The rest of the metrics matter most when the database is away (or not migrated
         # yet: no `loads`).

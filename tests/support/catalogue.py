@@ -9,6 +9,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 
 from eventindex import migrate, queries
+from eventindex.ingest.statements import ADD_PARTITIONS
 
 RUNS = range(100, 105)
 
@@ -71,7 +72,7 @@ async def create_known_catalogue(server_url: str, name: str) -> str:
             for run in RUNS
             for event in range(EVENTS_PER_RUN)
         ]
-        await conn.execute(queries.ADD_PARTITIONS, list(RUNS))
+        await conn.execute(ADD_PARTITIONS, list(RUNS))
         await conn.copy_records_to_table(
             "events",
             records=rows,
