@@ -19,6 +19,9 @@ from tests.support.catalogue import EVENTS_PER_RUN, RUNS, dsid_of, fuid_of
 from tests.support.localpg import free_port
 from tests.support.servers import Server, run_server
 
+# Slow tier: real servers, many requests or many examples (./dev check skips it).
+pytestmark = pytest.mark.slow
+
 
 def known(run: int, event: int) -> bool:
     return run in RUNS and 0 <= event < EVENTS_PER_RUN

@@ -18,6 +18,9 @@ from eventindex.config import Settings
 from tests.support.localpg import free_port
 from tests.support.servers import app_client, endless_upload, feed, run_server
 
+# Slow tier: real servers, many requests or many examples (./dev check skips it).
+pytestmark = pytest.mark.slow
+
 
 async def test_metrics_count_requests_pairs_and_pool(client: httpx.AsyncClient) -> None:
     await client.get("/v1/events/100/1")

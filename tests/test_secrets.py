@@ -27,6 +27,9 @@ from eventindex.config import Settings
 from eventindex.middleware.requestlog import mask_credentials
 from tests.support.localpg import free_port
 
+# Slow tier: real servers, many requests or many examples (./dev check skips it).
+pytestmark = pytest.mark.slow
+
 PASSWORD = "S3cretPw"
 # A password with an unencoded '/': a URL parser reads the text before it as the port
 # ("invalid literal for int(): 'S3cret'"), so each piece must stay out of the messages.

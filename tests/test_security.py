@@ -24,6 +24,9 @@ from tests.support.auth import bearer, cli, make_tls, new_token, start, stop, tr
 from tests.support.localpg import free_port
 from tests.support.servers import app_client
 
+# Slow tier: real servers, many requests or many examples (./dev check skips it).
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
