@@ -57,7 +57,7 @@ class Spool:
             self._memory_size += len(data)
         else:
             if self._file is None:
-                # Closed by discard(); the spool outlives any one with-block.
+                # Closed by close(): the spool, a context manager, owns it.
                 self._file = tempfile.TemporaryFile(prefix="eventindex-spool-")  # noqa: SIM115
             self._spilling = True
             self._file.seek(self._file_write)
@@ -65,7 +65,13 @@ class Spool:
             self._file_write += len(data)
         self._ready.set()
 
-    def close(self) -> None:
+    def __enter__(self) -> Spool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def finish(self) -> None:
         """The writer is done: the reader gets what is left, then EOF."""
         self._closed = True
         self._ready.set()
@@ -108,7 +114,8 @@ class Spool:
             self._ready.clear()
             await self._ready.wait()
 
-    def discard(self) -> None:
+    def close(self) -> None:
+        """Drop what is buffered and the temporary file (the owner's ``with`` does it)."""
         self._memory.clear()
         self._memory_size = 0
         if self._file is not None:

@@ -182,9 +182,12 @@ class LookupStream(Response):
             await self._run(scope, receive, send)
 
     async def _run(self, scope: Scope, receive: Receive, send: Send) -> None:
-        spool = Spool(self.settings.spool_memory_bytes, self.settings.max_stream_bytes)
+        with Spool(self.settings.spool_memory_bytes, self.settings.max_stream_bytes) as spool:
+            await self._stream(scope, receive, send, spool)
+
+    async def _stream(self, scope: Scope, receive: Receive, send: Send, spool: Spool) -> None:
         if self.pairs is not None:
-            spool.close()
+            spool.finish()
         gone = asyncio.Event()
         reader = asyncio.create_task(self._read_body(receive, spool, gone, self.pairs is None))
         writer = asyncio.create_task(self._respond(scope, send, spool))
@@ -208,7 +211,6 @@ class LookupStream(Response):
             reader.cancel()
             waiter.cancel()
             await asyncio.gather(reader, waiter, return_exceptions=True)
-            spool.discard()
 
     async def _read_body(
         self, receive: Receive, spool: Spool, gone: asyncio.Event, body: bool
@@ -239,7 +241,7 @@ class LookupStream(Response):
             if message["type"] == "http.request" and body:
                 spool.write(message.get("body", b""))
                 if not message.get("more_body", False):
-                    spool.close()
+                    spool.finish()
                     body = False
 
     def _batches(self, spool: Spool) -> AsyncIterator[Batch]:

@@ -635,7 +635,7 @@ async def read_batches(
             spool.write(chunk)
             if case.live:
                 await asyncio.sleep(0)
-        spool.close()
+        spool.finish()
 
     batches: list[list[Pair]] = []
     error: BaseException | None = None
@@ -656,7 +656,7 @@ async def read_batches(
     finally:
         if writer is not None:
             await writer
-        spool.discard()
+        spool.close()
     return batches, error, parser
 
 

@@ -15,22 +15,23 @@ async def drain(spool: Spool) -> bytes:
 
 
 async def test_order_kept_across_spill_to_disk() -> None:
-    spool = Spool(memory_limit=100, total_limit=10**6)
-    pieces = [bytes([65 + i % 26]) * 37 for i in range(200)]
-    for p in pieces[:50]:
-        spool.write(p)
-    # Read some while spilled, then write more: order must hold across the switch.
-    head = await spool.read()
-    for p in pieces[50:]:
-        spool.write(p)
-    spool.close()
-    assert head + await drain(spool) == b"".join(pieces)
-    assert spool._memory_size <= 100
+    with Spool(memory_limit=100, total_limit=10**6) as spool:
+        pieces = [bytes([65 + i % 26]) * 37 for i in range(200)]
+        for p in pieces[:50]:
+            spool.write(p)
+        # Read some while spilled, then write more: order must hold across the switch.
+        head = await spool.read()
+        for p in pieces[50:]:
+            spool.write(p)
+        spool.finish()
+        assert head + await drain(spool) == b"".join(pieces)
+        assert spool._memory_size <= 100
+    assert spool._file is None  # the temporary file went with the with-block
 
 
 async def test_total_limit_fails_the_reader() -> None:
-    spool = Spool(memory_limit=1024, total_limit=100)
-    spool.write(b"x" * 60)
-    spool.write(b"x" * 60)
-    with pytest.raises(BodyTooLarge):
-        await spool.read()
+    with Spool(memory_limit=1024, total_limit=100) as spool:
+        spool.write(b"x" * 60)
+        spool.write(b"x" * 60)
+        with pytest.raises(BodyTooLarge):
+            await spool.read()
