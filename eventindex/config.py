@@ -296,21 +296,18 @@ def is_loopback_host(host: str) -> bool:
     name = name[:-1] if name.endswith(".") else name
     if name.startswith("[") and name.endswith("]"):
         name = name[1:-1]
-    if name == "localhost" or name.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
+    return name == "localhost" or name.endswith(".localhost") or _loopback_address(name)
 
 
 def is_loopback_listener(host: str) -> bool:
     """Whether the service listening on ``host`` is reachable from this machine only: a
     loopback address, or ``localhost`` (other names are resolved through DNS)."""
-    if host == "localhost":
-        return True
+    return host == "localhost" or _loopback_address(host)
+
+
+def _loopback_address(text: str) -> bool:
     try:
-        return ipaddress.ip_address(host).is_loopback
+        return ipaddress.ip_address(text).is_loopback
     except ValueError:
         return False
 

@@ -297,15 +297,8 @@ class LookupStream(Response):
             # The server is stopping (or the client left, and then this goes nowhere):
             # say so rather than end the output as if it were complete.
             if started:
-                stopping = Problem(
-                    503,
-                    "shutting-down",
-                    "Service shutting down",
-                    f"The service stopped this stream after {requested} answers; "
-                    "ask again for the pairs after them.",
-                    answered=requested,
-                )
-                await _last_words(send, orjson.dumps({"error": stopping.body(path)}) + b"\n")
+                what = f"{requested} answers; ask again for the pairs after them"
+                await _last_words(send, _stopping_line(path, requested, what))
             raise
         except Exception as exc:
             problem = _problem_for(exc) or Problem(
@@ -424,14 +417,7 @@ class CursorStream(Response):
                     await _body(send, b"\n".join(batch) + b"\n")
         except asyncio.CancelledError:
             if started:
-                stopping = Problem(
-                    503,
-                    "shutting-down",
-                    "Service shutting down",
-                    f"The service stopped this stream after {rows} lines.",
-                    answered=rows,
-                )
-                await _last_words(send, orjson.dumps({"error": stopping.body(path)}) + b"\n")
+                await _last_words(send, _stopping_line(path, rows, f"{rows} lines"))
             raise
         except (asyncpg.PostgresError, asyncpg.InterfaceError, PoolExhausted, OSError) as exc:
             if isinstance(exc, OSError) and started:
@@ -449,6 +435,18 @@ class CursorStream(Response):
 
 
 _LAST_WORDS_SECONDS = 3.0
+
+
+def _stopping_line(path: str | None, answered: int, what: str) -> bytes:
+    """The closing line of a stream the server stopped: how far it got."""
+    stopping = Problem(
+        503,
+        "shutting-down",
+        "Service shutting down",
+        f"The service stopped this stream after {what}.",
+        answered=answered,
+    )
+    return orjson.dumps({"error": stopping.body(path)}) + b"\n"
 
 
 async def _last_words(send: Send, line: bytes) -> None:

@@ -8,10 +8,8 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import AsyncIterator, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +23,7 @@ from pydantic import SecretStr, ValidationError
 from eventindex.app import create_app
 from eventindex.config import Mode, Settings
 from eventindex.middleware.ratelimit import RateLimiter
-from tests.support.auth import bearer, new_token, start, stop, wait_up
+from tests.support.auth import Provider, bearer, new_token, start, stop, wait_up
 from tests.support.localpg import free_port
 from tests.support.servers import app_client
 
@@ -188,66 +186,6 @@ def test_production_warns_once_for_each_open_surface(database_url: str) -> None:
 
 
 # --- Findings 2 and 3: keys come and go with the JWKS; a slow provider stalls nobody ----------
-
-
-class Provider:
-    """A local identity provider's key endpoint: keys the test can change, a switch that
-    makes it hang, and a count of the fetches it served."""
-
-    def __init__(self) -> None:
-        self.keys: dict[str, rsa.RSAPrivateKey] = {}
-        self.hang = threading.Event()
-        self.release = threading.Event()
-        self.fetches = 0
-        provider = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                provider.fetches += 1
-                if provider.hang.is_set():
-                    provider.release.wait(30)
-                body = json.dumps(provider.document()).encode()
-                self.send_response(200)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/jwks.json"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def add(self, kid: str) -> None:
-        self.keys[kid] = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-
-    def document(self) -> dict[str, Any]:
-        out = []
-        for kid, key in list(self.keys.items()):
-            jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key()))
-            out.append({**jwk, "kid": kid, "use": "sig", "alg": "RS256"})
-        return {"keys": out}
-
-    def token(self, kid: str, key: rsa.RSAPrivateKey | None = None, **claims: Any) -> str:
-        now = int(time.time())
-        body = {
-            "iss": "https://iam.spd.test",
-            "aud": "eventindex",
-            "sub": "physicist",
-            "exp": now + 300,
-            "scope": "eventindex:admin",
-            **claims,
-        }
-        signer = key or self.keys[kid]
-        return jwt.encode(body, signer, algorithm="RS256", headers={"kid": kid})
-
-    def close(self) -> None:
-        self.release.set()
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture

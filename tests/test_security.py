@@ -6,21 +6,27 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import AsyncIterator, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 import httpx
-import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from eventindex.config import Mode, Settings
-from tests.support.auth import bearer, cli, make_tls, new_token, start, stop, trusting, wait_up
+from tests.support.auth import (
+    Provider,
+    bearer,
+    cli,
+    make_tls,
+    new_token,
+    start,
+    stop,
+    trusting,
+    wait_up,
+)
 from tests.support.localpg import free_port
 from tests.support.servers import app_client
 
@@ -123,63 +129,15 @@ async def test_docs_can_be_turned_off(database_url: str) -> None:
 # --- JWTs from an OpenID Connect provider --------------------------------------------------
 
 
-class Jwks:
-    """A local identity provider's key endpoint, whose keys the test can rotate."""
-
-    def __init__(self) -> None:
-        self.keys: dict[str, rsa.RSAPrivateKey] = {}
-        self.rotate("k1")
-        jwks = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                body = json.dumps(jwks.document()).encode()
-                self.send_response(200)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/jwks.json"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def rotate(self, kid: str) -> rsa.RSAPrivateKey:
-        self.keys = {kid: rsa.generate_private_key(public_exponent=65537, key_size=2048)}
-        return self.keys[kid]
-
-    def document(self) -> dict[str, Any]:
-        out = []
-        for kid, key in self.keys.items():
-            jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key()))
-            out.append({**jwk, "kid": kid, "use": "sig", "alg": "RS256"})
-        return {"keys": out}
-
-    def token(self, kid: str, key: rsa.RSAPrivateKey | None = None, **claims: Any) -> str:
-        now = int(time.time())
-        body = {
-            "iss": "https://iam.spd.test",
-            "aud": "eventindex",
-            "sub": "physicist",
-            "iat": now,
-            "exp": now + 300,
-            "scope": "openid eventindex:read",
-            **claims,
-        }
-        return jwt.encode(body, key or self.keys[kid], algorithm="RS256", headers={"kid": kid})
-
-
 @pytest.fixture
-def jwks() -> Iterator[Jwks]:
-    provider = Jwks()
+def jwks() -> Iterator[Provider]:
+    provider = Provider(scope="openid eventindex:read")
+    provider.add("k1")
     yield provider
-    provider.server.shutdown()
+    provider.close()
 
 
-async def test_jwt_accepted_and_rejected(database_url: str, jwks: Jwks) -> None:
+async def test_jwt_accepted_and_rejected(database_url: str, jwks: Provider) -> None:
     settings = Settings(
         database_url=database_url,
         mode=Mode.PRODUCTION,

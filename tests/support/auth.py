@@ -4,15 +4,19 @@ and servers started with their stderr kept."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import ssl
 import subprocess
 import sys
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import httpx
+import jwt
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -131,3 +135,70 @@ def stop(proc: subprocess.Popen[str]) -> str:
         proc.kill()
         _, err = proc.communicate()
     return err
+
+
+class Provider:
+    """A local identity provider's key endpoint: keys the test can change (``add``,
+    ``rotate``), a switch that makes it hang, and a count of the fetches it served; tokens
+    it signs carry ``scope`` unless told otherwise."""
+
+    def __init__(self, scope: str = "eventindex:admin") -> None:
+        self.scope = scope
+        self.keys: dict[str, rsa.RSAPrivateKey] = {}
+        self.hang = threading.Event()
+        self.release = threading.Event()
+        self.fetches = 0
+        provider = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                provider.fetches += 1
+                if provider.hang.is_set():
+                    provider.release.wait(30)
+                body = json.dumps(provider.document()).encode()
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/jwks.json"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def add(self, kid: str) -> None:
+        self.keys[kid] = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+    def rotate(self, kid: str) -> None:
+        """The provider drops every key and publishes ``kid`` alone."""
+        self.keys.clear()
+        self.add(kid)
+
+    def document(self) -> dict[str, Any]:
+        out = []
+        for kid, key in list(self.keys.items()):
+            jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key()))
+            out.append({**jwk, "kid": kid, "use": "sig", "alg": "RS256"})
+        return {"keys": out}
+
+    def token(self, kid: str, key: rsa.RSAPrivateKey | None = None, **claims: Any) -> str:
+        now = int(time.time())
+        body = {
+            "iss": "https://iam.spd.test",
+            "aud": "eventindex",
+            "sub": "physicist",
+            "exp": now + 300,
+            "scope": self.scope,
+            **claims,
+        }
+        signer = key or self.keys[kid]
+        return jwt.encode(body, signer, algorithm="RS256", headers={"kid": kid})
+
+    def close(self) -> None:
+        self.release.set()
+        self.server.shutdown()
+        self.server.server_close()
