@@ -168,13 +168,8 @@ class Authenticator:
         header = request.headers.get("authorization")
         if header is None:
             return None
+        principal = await self._check(request, header)
         charge = charge_of(request.scope)
-        try:
-            principal = await self._check(request, header)
-        except Problem as problem:
-            if charge is not None and problem.status == 401:
-                charge.failure()
-            raise
         if charge is not None:
             charge.principal(principal.kind, principal.name)
         return principal

@@ -26,7 +26,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -94,27 +94,22 @@ class RateLimiter:
         )
 
 
-@dataclass
+@dataclass(frozen=True)
 class Charge:
-    """One credentialed request's account with the limiter; the authenticator settles it.
-    The request has been charged to its address's budget for credentials already."""
+    """One credentialed request's account with the limiter. The request has been charged to
+    its address's budget for credentials already: a credential that fails (or that nothing
+    checks) keeps that charge; one that proves a principal moves it (``principal``)."""
 
     limiter: RateLimiter
     address: str
-    settled: bool = field(default=False)
 
     def principal(self, kind: str, name: str) -> None:
         """The credential proved ``name``: charge it instead (429 if it is over its
         budget)."""
-        self.settled = True
         self.limiter.refund(self.address)
         wait = self.limiter.take(f"p:{kind}:{name}")
         if wait > 0:
             raise self.limiter.too_many(wait)
-
-    def failure(self) -> None:
-        """The credential failed: its address keeps the charge."""
-        self.settled = True
 
 
 def charge_of(scope: Scope) -> Charge | None:

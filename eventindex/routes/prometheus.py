@@ -36,10 +36,7 @@ async def metrics(request: Request, db: DatabaseDep, settings: SettingsDep) -> R
     if settings.metrics_token is not None:
         expected = "Bearer " + settings.metrics_token.get_secret_value()
         given = request.headers.get("authorization", "")
-        charge = charge_of(request.scope)
         if not hmac.compare_digest(given.encode(), expected.encode()):
-            if charge is not None:
-                charge.failure()
             raise Problem(
                 401,
                 "unauthorized",
@@ -47,7 +44,7 @@ async def metrics(request: Request, db: DatabaseDep, settings: SettingsDep) -> R
                 "/metrics wants the metrics token as 'Authorization: Bearer <token>'.",
                 headers={"WWW-Authenticate": "Bearer"},
             )
-        if charge is not None:
+        if (charge := charge_of(request.scope)) is not None:
             charge.principal("metrics", "scraper")
     registry: Metrics = request.app.state.metrics
     try:
