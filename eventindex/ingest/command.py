@@ -54,8 +54,8 @@ _URL_VARIABLE = "EVENTINDEX_DATABASE_URL"
 
 async def run(args: argparse.Namespace) -> int:
     dataset_sources, event_sources = plan(args.paths, args.datasets)
-    # With "gen_data --out - --datasets-out F | store_events - --datasets F" the datasets
-    # file is complete once the events start to flow: wait for them before reading it.
+    # With "eventindex generate --out - --datasets-out F | eventindex load - --datasets F"
+    # the datasets file is complete once the events start to flow: wait for them first.
     for source in event_sources:
         if source.path is None:
             header_columns(source, EVENT_COLUMNS, EVENT_COLUMNS)

@@ -386,7 +386,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.exit(1, f"eventindex generate: error: {exc}\n")
     if written:
         print(
-            f"gen_data: {args.events:,} events in {len(written)} file(s) under {args.out}",
+            f"eventindex generate: {args.events:,} events in {len(written)} file(s) "
+            f"under {args.out}",
             file=sys.stderr,
         )
     return 0
