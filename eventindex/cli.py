@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import os
+import signal
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
@@ -119,8 +120,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     level = settings.log_level.value
     configure_logging(level, settings.json_logs)
     log = logging.getLogger("eventindex")
-    settings, _server = resolve_database(settings, log.info)
+    settings, server = resolve_database(settings, log.info)
     assert settings.database_url is not None
+    if server is not None:
+        # uvicorn ends a SIGTERM'd server by raising the signal again, which would kill the
+        # process past its exit handlers, and the embedded PostgreSQL (trusting every local
+        # connection) would outlive it. Raised into this handler, it is a normal exit.
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
     if args.migrate or args.demo:
         applied = asyncio.run(_migrate(settings.database_url))
         if applied:
@@ -169,6 +175,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     uvicorn.run(create_app(settings), **server_options)
     return 0
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(0)
 
 
 def announce(settings: Settings) -> None:

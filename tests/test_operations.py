@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import httpx
 import orjson
@@ -161,3 +164,37 @@ async def test_metrics_answer_on_a_database_not_migrated_yet(server_url: str) ->
             assert (await client.get("/ready")).status_code == 503  # and says why
     finally:
         await drop_database(server_url, name)
+
+
+def test_sigterm_stops_the_embedded_postgresql(tmp_path: Path) -> None:
+    """Found by the adversarial pass: `eventindex serve` on its embedded PostgreSQL, stopped
+    with SIGTERM (systemd, docker stop, kill), left the database server running (uvicorn
+    re-raises the signal past the exit handlers); only Ctrl-C stopped it."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EVENTINDEX_")}
+    env |= {"EVENTINDEX_DATA_DIR": str(tmp_path / "data"), "EVENTINDEX_PORT": str(port)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "eventindex", "serve", "--migrate"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    pid_file = tmp_path / "data" / "pgdata" / "postmaster.pid"
+    try:
+        for _ in range(300):  # bounded: the server answers once the database is up
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=1).status_code == 200:
+                    break
+            assert proc.poll() is None, "serve exited"
+            time.sleep(0.1)
+        postmaster = int(pid_file.read_text().split()[0])
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    for _ in range(100):  # bounded: pg_ctl stop waits for the server to go
+        if not Path(f"/proc/{postmaster}").exists():
+            break
+        time.sleep(0.1)
+    assert not Path(f"/proc/{postmaster}").exists(), "the embedded PostgreSQL still runs"
