@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -150,8 +151,16 @@ async def test_open_service_has_no_token_administration(database_url: str) -> No
 # --- Finding 5: production says what it leaves open ------------------------------------------
 
 
-def serve_logs(database_url: str, **env: str) -> list[str]:
-    """The lines a production server logs from start to a normal stop."""
+class Production:
+    """A real ``eventindex serve`` in production mode; its log once it has stopped."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.logs: list[str] = []
+
+
+@contextmanager
+def production(database_url: str, **env: str) -> Iterator[Production]:
     port = free_port()
     proc = start(
         [sys.executable, "-m", "eventindex", "serve"],
@@ -159,15 +168,22 @@ def serve_logs(database_url: str, **env: str) -> list[str]:
             "EVENTINDEX_DATABASE_URL": database_url,
             "EVENTINDEX_PORT": str(port),
             "EVENTINDEX_MODE": "production",
-            "EVENTINDEX_LOG_LEVEL": "info",
             **env,
         },
     )
+    server = Production(f"http://127.0.0.1:{port}")
     try:
-        wait_up(f"http://127.0.0.1:{port}", proc)
+        wait_up(server.url, proc)
+        yield server
     finally:
-        err = stop(proc)
-    return err.strip().splitlines()
+        server.logs = stop(proc).strip().splitlines()
+
+
+def serve_logs(database_url: str, **env: str) -> list[str]:
+    """The lines a production server logs from start to a normal stop."""
+    with production(database_url, EVENTINDEX_LOG_LEVEL="info", **env) as server:
+        pass
+    return server.logs
 
 
 def test_production_warns_once_for_each_open_surface(database_url: str) -> None:
@@ -665,28 +681,14 @@ def test_forwarded_for_is_trusted_from_configured_proxies_only(database_url: str
     a pass-through proxy got a fresh rate-limit bucket per request (and could grow the
     bucket table with 60 KB keys)."""
     assert Settings(database_url=database_url).forwarded_allow_ips == ""
-    port = free_port()
-    proc = start(
-        [sys.executable, "-m", "eventindex", "serve"],
-        {
-            "EVENTINDEX_DATABASE_URL": database_url,
-            "EVENTINDEX_PORT": str(port),
-            "EVENTINDEX_MODE": "production",
-            "EVENTINDEX_RATE_LIMIT_PER_SECOND": "0.01",
-            "EVENTINDEX_RATE_LIMIT_BURST": "3",
-        },
-    )
-    try:
-        url = f"http://127.0.0.1:{port}"
-        wait_up(url, proc)
+    limits = {"EVENTINDEX_RATE_LIMIT_PER_SECOND": "0.01", "EVENTINDEX_RATE_LIMIT_BURST": "3"}
+    with production(database_url, **limits) as server:
         codes = [
             httpx.get(
-                url + "/v1/datasets", headers={"x-forwarded-for": f"198.51.100.{i}"}
+                server.url + "/v1/datasets", headers={"x-forwarded-for": f"198.51.100.{i}"}
             ).status_code
             for i in range(6)
         ]
-    finally:
-        stop(proc)
     assert codes == [401] * 3 + [429] * 3
 
 
