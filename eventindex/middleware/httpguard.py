@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import functools
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -83,7 +83,7 @@ class GuardedProtocol(HttpToolsProtocol):
     # The connection as a whole
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+        super().connection_made(cast(asyncio.Transport, _LingeringClose(transport, self)))
         if len(self.connections) > self._limits.max_connections:
             self._refuse(
                 503,
@@ -100,8 +100,8 @@ class GuardedProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        if self._refused:
-            return
+        if self._refused or cast(_LingeringClose, self.transport).lingering:
+            return  # an answer was given and the connection is closing: drop the rest
         self._seen_bytes = True
         if self._in_head:
             self._head_bytes += len(data)
@@ -233,6 +233,37 @@ class GuardedProtocol(HttpToolsProtocol):
 
 class _Refused(Exception):
     """Raised from a parser callback to stop parsing a refused request."""
+
+
+class _LingeringClose:
+    """The connection's transport, except that closing it while the client is still sending
+    a body the answer did not wait for (a 413 or 408 from the application, with
+    ``Connection: close``) half-closes, drops what the client still sends for a moment, then
+    closes. Closing at once with unread input makes the kernel reset the connection, and the
+    reset can destroy the answer before the client has read it."""
+
+    def __init__(self, transport: asyncio.Transport, protocol: GuardedProtocol) -> None:
+        self._transport = transport
+        self._protocol = protocol
+        self.lingering = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+    def is_closing(self) -> bool:
+        return self.lingering or self._transport.is_closing()
+
+    def close(self) -> None:
+        if self.lingering or self._transport.is_closing():
+            return
+        cycle = self._protocol.cycle
+        if cycle is not None and cycle.more_body and self._transport.can_write_eof():
+            self.lingering = True
+            self._transport.write_eof()
+            self._transport.resume_reading()  # drain it rather than let the client block
+            self._protocol.loop.call_later(_LINGER_SECONDS, self._transport.close)
+            return
+        self._transport.close()
 
 
 def protocol_factory(limits: HeadLimits) -> functools.partial[GuardedProtocol]:
