@@ -16,6 +16,7 @@ from eventindex import __version__
 from eventindex.auth import Authenticator
 from eventindex.config import Settings
 from eventindex.db import Database
+from eventindex.ingest.collector import Collector
 from eventindex.metrics import Metrics
 from eventindex.middleware.bodylimits import BodyLimits
 from eventindex.middleware.hostcheck import LoopbackHostsOnly
@@ -23,9 +24,9 @@ from eventindex.middleware.ratelimit import RateLimit, RateLimiter
 from eventindex.middleware.requestlog import RequestLog
 from eventindex.middleware.secheaders import SecurityHeaders
 from eventindex.problems import install_handlers
-from eventindex.routes import admin, browse, events, health, prometheus, web
+from eventindex.routes import admin, browse, collection, events, health, prometheus, web
 from eventindex.routes.admin import TokenRequest
-from eventindex.schemas import LookupRequest, ProblemDetail
+from eventindex.schemas import DatasetRequest, LookupRequest, ProblemDetail
 
 log = logging.getLogger("eventindex")
 
@@ -38,6 +39,7 @@ class State(TypedDict):
     db: Database
     settings: Settings
     streams: set[asyncio.Task[Any]]  # running streams (streaming.LookupStream, CursorStream)
+    collector: Collector  # group commit of uploaded files
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -50,10 +52,20 @@ def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[State]:
         streams: set[asyncio.Task[Any]] = set()
-        async with Database.open(settings, dsn) as db, Authenticator.open(settings) as auth:
+        async with (
+            Database.open(settings, dsn) as db,
+            Authenticator.open(settings) as auth,
+            Collector.open(db, settings) as collector,
+        ):
             metrics.pool = db.reads.pool
             try:
-                yield {"auth": auth, "db": db, "settings": settings, "streams": streams}
+                yield {
+                    "auth": auth,
+                    "db": db,
+                    "settings": settings,
+                    "streams": streams,
+                    "collector": collector,
+                }
             finally:
                 # The server has cancelled what outlived its grace period: let the streams
                 # among them write their closing error line before the pools close.
@@ -80,6 +92,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(health.router)
     app.include_router(events.router)
     app.include_router(browse.router)
+    app.include_router(collection.router)
     if settings.auth_enabled:
         # An open service has nobody to give tokens to: its tokens (for the day it is
         # served with authentication) are made with the CLI, on the database's side.
@@ -100,7 +113,9 @@ def create_app(settings: Settings) -> FastAPI:
         BodyLimits,
         max_bytes=settings.max_body_bytes,
         timeout=settings.body_timeout,
-        exempt=frozenset({"/v1/lookup"}),  # reads its own body, with its own limits
+        # These read their own bodies, with their own limits.
+        exempt=frozenset({"/v1/lookup"}),
+        exempt_prefixes=("/v1/files/",),
     )
     app.add_middleware(
         SecurityHeaders, docs_paths=frozenset({"/docs", "/docs/oauth2-redirect", "/redoc"})
@@ -125,7 +140,7 @@ def _document_raw_bodies(app: FastAPI, credential_required: bool) -> None:
                 routes=app.routes,
             )
             components = schema.setdefault("components", {}).setdefault("schemas", {})
-            for model in (LookupRequest, ProblemDetail, TokenRequest):
+            for model in (DatasetRequest, LookupRequest, ProblemDetail, TokenRequest):
                 model_schema = model.model_json_schema(ref_template=_REF)
                 components.update(model_schema.pop("$defs", {}))
                 components[model.__name__] = model_schema

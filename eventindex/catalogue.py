@@ -18,7 +18,7 @@ from eventindex.streaming import CursorStream
 LIST_OLT_BITS = "SELECT bit, name, description FROM olt_bits ORDER BY bit"
 
 DATASET_PAGE = """
-SELECT d.id, d.name, d.data_type, d.description, d.created_at,
+SELECT d.id, d.name, d.data_type, d.description, d.created_at, d.state, d.files_expected,
        coalesce(f.n_events, 0) AS n_events, coalesce(f.n_files, 0) AS n_files,
        f.first_run, f.last_run, f.first_loaded_at, f.last_loaded_at
 FROM datasets AS d

@@ -180,6 +180,24 @@ class Settings(BaseSettings):
     shutdown_grace_seconds: Annotated[int, Field(ge=0)] = Field(
         default=30, description="on SIGTERM, how long running requests may take to finish"
     )
+    upload_max_bytes: Annotated[int, Field(ge=1024)] = Field(
+        default=1024**3,
+        description="largest uploaded file body, as sent and decompressed (PUT /v1/files); "
+        "else 413",
+    )
+    upload_memory_bytes: Annotated[int, Field(ge=1024 * 1024)] = Field(
+        default=64 * 1024 * 1024,
+        description="memory all uploads in flight may hold their rows in; beyond it they "
+        "wait in temporary files",
+    )
+    upload_group_rows: Annotated[int, Field(ge=1)] = Field(
+        default=200_000,
+        description="events one group commit writes at most; a file larger than this is "
+        "committed alone",
+    )
+    upload_committers: Annotated[int, Field(ge=1, le=16)] = Field(
+        default=2, description="group commits that may run at once (each holds a connection)"
+    )
 
     @field_validator("read_database_urls", mode="before")
     @classmethod

@@ -347,7 +347,7 @@ async def close_pool(pool: asyncpg.Pool) -> None:
         pool.terminate()
 
 
-async def copy_unless_lost(conn: asyncpg.Connection, copy: Awaitable[_T]) -> _T:
+async def copy_unless_lost(conn: Connection, copy: Awaitable[_T]) -> _T:
     """Await a ``COPY ... FROM STDIN`` of ``conn``; fail when the connection is lost.
 
     asyncpg waits for its socket's write buffer to drain before it sends each

@@ -15,6 +15,7 @@ from fastapi import Depends, Request
 
 from eventindex.config import Settings
 from eventindex.db import Connection, Database
+from eventindex.ingest.collector import Collector
 
 
 async def get_database(request: Request) -> Database:
@@ -27,8 +28,14 @@ async def get_settings(request: Request) -> Settings:
     return settings
 
 
+async def get_collector(request: Request) -> Collector:
+    collector: Collector = request.state.collector
+    return collector
+
+
 DatabaseDep = Annotated[Database, Depends(get_database)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+CollectorDep = Annotated[Collector, Depends(get_collector)]
 
 
 async def read_connection(db: DatabaseDep) -> AsyncIterator[Connection]:

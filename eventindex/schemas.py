@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
 from pydantic import (
@@ -15,6 +15,7 @@ from pydantic import (
     Field,
     Tag,
     ValidationError,
+    field_validator,
 )
 
 from eventindex.config import MAX_EVENT_NUMBER, MAX_RUN_NUMBER
@@ -187,9 +188,18 @@ class Readiness(BaseModel):
     pending_migrations: list[str]
 
 
+DatasetState = Literal["open", "closed", "validated"]
+
+
 class DatasetSummary(Dataset):
+    state: DatasetState = Field(
+        default="open", description="open (taking files), closed, or validated (closed, clean)"
+    )
+    files_expected: int | None = Field(
+        default=None, description="files the production said it would report; null: not said"
+    )
     n_events: int
-    n_files: int
+    n_files: int = Field(description="files loaded")
     first_run: int | None
     last_run: int | None
     first_loaded_at: datetime | None
@@ -264,3 +274,58 @@ class ConsistencyReport(BaseModel):
     dataset: dict[str, Any]
     status: str
     problems: int
+
+
+DATASET_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:+@/-]{0,199}$"
+
+
+class DatasetRequest(BaseModel):
+    """A dataset to register. The same request again is answered 200 with the dataset."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(
+        pattern=DATASET_NAME_PATTERN,
+        description="unique name (letters, digits, . _ : + @ / -; not only digits)",
+        examples=["spd-run2026-raw"],
+    )
+    data_type: str = Field(default="raw", min_length=1, max_length=100, examples=["raw"])
+    description: str = Field(default="", max_length=10_000)
+    files_expected: Annotated[int, Field(ge=0, le=2**31 - 1, strict=True)] | None = Field(
+        default=None, description="files the production will report (checked at close)"
+    )
+    id: Annotated[int, Field(ge=0, le=MAX_RUN_NUMBER, strict=True)] | None = Field(
+        default=None, description="the dataset's id (dsid_raw), if the production has one"
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _not_digits(cls, value: str) -> str:
+        if value.isdigit():
+            raise ValueError("a dataset name cannot be only digits (it would read as an id)")
+        return value
+
+
+class DatasetStatus(DatasetSummary):
+    closed_at: datetime | None = None
+    validated_at: datetime | None = None
+    close_report: dict[str, Any] | None = Field(
+        default=None,
+        description="what the last close found: problems, files loaded and expected, and "
+        "the consistency report",
+    )
+
+
+class UploadDataset(BaseModel):
+    id: int
+    name: str
+
+
+class UploadResult(BaseModel):
+    fuid_raw: UUID
+    dataset: UploadDataset
+    events: int = Field(description="events in the file")
+    result: Literal["loaded", "identical", "replaced"] = Field(
+        description="loaded (201), identical: already loaded with these events (200), "
+        "replaced (200)"
+    )

@@ -7,7 +7,7 @@ declared length over the limit is refused before anything is read; a body that
 grows past it, or is still arriving at the deadline, stops being read and the
 request is answered 413 or 408 instead of whatever the framework made of the
 cut-off body. The lookup endpoint reads its own body (it may stream without
-end) and applies its own limits, so it is exempt.
+end) and so do file uploads: they apply their own limits and are exempt.
 """
 
 from __future__ import annotations
@@ -48,18 +48,24 @@ def too_slow(timeout: float) -> Problem:
 
 class BodyLimits:
     def __init__(
-        self, app: ASGIApp, max_bytes: int, timeout: float, exempt: frozenset[str]
+        self,
+        app: ASGIApp,
+        max_bytes: int,
+        timeout: float,
+        exempt: frozenset[str],
+        exempt_prefixes: tuple[str, ...] = (),
     ) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.timeout = timeout
         self.exempt = exempt
+        self.exempt_prefixes = exempt_prefixes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope.get("path") in self.exempt:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or path in self.exempt or path.startswith(self.exempt_prefixes):
             await self.app(scope, receive, send)
             return
-        path = scope.get("path")
         declared = _content_length(scope)
         if declared is not None and declared > self.max_bytes:
             await too_large(self.max_bytes).response(path)(scope, receive, send)

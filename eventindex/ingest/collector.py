@@ -1,0 +1,628 @@
+"""Group commit of uploaded files: the uploads that arrive together are written by one
+transaction (one COPY when they are all good), and each request is answered when its
+group has committed.
+
+Every file stays all or nothing: when the group's COPY fails, each file is written again
+under a savepoint of its own, and a file that fails there (an event another file holds,
+an event twice in the file) is refused while the others of its group go on.
+
+A file already in the catalogue is compared, not written: the same events are an
+"already loaded" answer and different ones a conflict naming the first difference.
+Replacing a file (admin) deletes its events and writes the new ones in one transaction.
+
+On a sharded coordinator each file takes the sharded loader's path instead (one
+two-phase commit per file, no grouping): the coordinator holds no events to write into.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import tempfile
+from collections import deque
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal, cast
+from uuid import UUID
+
+import asyncpg
+
+from eventindex import sharding
+from eventindex.config import Settings
+from eventindex.db import Connection, Database, copy_unless_lost
+from eventindex.ingest.filebody import COPY_COLUMNS, BodyError, FileBody, MemoryBudget
+from eventindex.ingest.loader import Loader
+from eventindex.ingest.sharded import load_sharded
+from eventindex.ingest.source import LoadError, Source
+
+log = logging.getLogger("eventindex.collector")
+
+# --- SQL (bound parameters only; tests/test_sql_safety.py) ---
+
+LOCK_DATASETS = """
+SELECT id, name, state FROM datasets WHERE id = ANY($1::integer[]) ORDER BY id FOR SHARE
+"""
+
+DATASET_STATES = "SELECT id, name, state FROM datasets WHERE id = ANY($1::integer[])"
+
+FILES_PRESENT = """
+SELECT fuid_raw, dsid_raw, run_number, n_events, first_event, last_event
+FROM files WHERE fuid_raw = ANY($1::uuid[])
+"""
+
+ADD_PARTITIONS = "SELECT events_add_partitions($1::integer[])"
+
+EVENT_AT = """
+SELECT fuid_raw, dsid_raw, olt_result FROM events WHERE run_number = $1 AND event_number = $2
+"""
+
+RECORD_UPLOADS = """
+INSERT INTO loads (source, content_sha256, rows_read, events_inserted, duplicates_skipped,
+                   conflicts_skipped, started_at, duplicate_datasets, principal, fuid_raw)
+SELECT 'upload ' || f::text, d, n, n, 0, 0, s, '{}', p, f
+FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::timestamptz[], $5::text[])
+     AS u (f, d, n, s, p)
+"""
+
+# A file already loaded, compared with its upload: the upload's rows are staged with their
+# line numbers and each is probed in ``events`` by its key.
+CREATE_COMPARE_STAGE = """
+CREATE TEMP TABLE upload_stage (
+    line bigint GENERATED ALWAYS AS IDENTITY,
+    run_number integer, event_number bigint, olt_result integer, dsid_raw integer,
+    fuid_raw uuid
+) ON COMMIT DROP
+"""
+
+PROBE_PLAN = "SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off"
+
+COMPARE_STAGE = """
+SELECT count(*) AS n,
+       count(*) FILTER (WHERE e.fuid_raw = s.fuid_raw AND e.olt_result = s.olt_result
+                              AND e.dsid_raw = s.dsid_raw) AS same
+FROM upload_stage AS s
+LEFT JOIN events AS e ON e.run_number = s.run_number AND e.event_number = s.event_number
+"""
+
+FIRST_DIFFERENCE = """
+SELECT s.line, s.run_number, s.event_number, s.olt_result, e.olt_result AS their_olt,
+       e.fuid_raw::text AS their_fuid, e.dsid_raw AS their_dsid
+FROM upload_stage AS s
+LEFT JOIN events AS e ON e.run_number = s.run_number AND e.event_number = s.event_number
+WHERE e.fuid_raw IS DISTINCT FROM s.fuid_raw OR e.olt_result IS DISTINCT FROM s.olt_result
+   OR e.dsid_raw IS DISTINCT FROM s.dsid_raw
+ORDER BY s.line
+LIMIT 1
+"""
+
+LOCK_FILE = "SELECT pg_advisory_xact_lock(hashtext('eventindex.file.' || $1::text))"
+
+DELETE_FILE_EVENTS = """
+DELETE FROM events
+WHERE run_number = $1 AND event_number BETWEEN $2 AND $3 AND fuid_raw = $4
+"""
+
+FILE_LEFT = "SELECT n_events FROM files WHERE fuid_raw = $1"
+
+_KEY = re.compile(r"\((\d+), (\d+)\)")
+_COPY_LINE = re.compile(r"COPY \w+, line (\d+)")
+_RETRY_GROUP = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
+
+
+@dataclass
+class Dataset:
+    id: int
+    name: str
+
+
+@dataclass
+class Outcome:
+    """What became of an upload: ``loaded`` (201), ``identical`` (already loaded, 200) or
+    ``replaced`` (200)."""
+
+    result: Literal["loaded", "identical", "replaced"]
+    fuid: UUID
+    dataset: Dataset
+    events: int
+    load_id: int | None = None
+    group_size: int = 1
+
+
+@dataclass
+class Upload:
+    body: FileBody
+    dataset: Dataset
+    principal: str | None
+    replace: bool = False
+    started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    future: asyncio.Future[Outcome] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+    @property
+    def fuid(self) -> UUID:
+        return self.body.fuid
+
+    def refuse(self, status: int, kind: str, title: str, detail: str, **extra: Any) -> None:
+        if not self.future.done():
+            self.future.set_exception(BodyError(status, kind, title, detail, **extra))
+
+    def answer(self, outcome: Outcome) -> None:
+        if not self.future.done():
+            self.future.set_result(outcome)
+
+
+class Collector:
+    """Takes uploads and commits them in groups; owned by the application's lifespan."""
+
+    def __init__(self, db: Database, settings: Settings) -> None:
+        self.db = db
+        self.settings = settings
+        self.budget = MemoryBudget(settings.upload_memory_bytes)
+        self._pending: deque[Upload] = deque()
+        self._wakeup = asyncio.Event()
+        self._workers: list[asyncio.Task[None]] = []
+        self._sharded: bool | None = None
+        self._closing = False
+        self.groups = 0
+        self.grouped_files = 0
+
+    @classmethod
+    @asynccontextmanager
+    async def open(cls, db: Database, settings: Settings) -> AsyncIterator[Collector]:
+        collector = cls(db, settings)
+        collector._workers = [
+            asyncio.create_task(collector._work(), name=f"eventindex-collector-{i}")
+            for i in range(settings.upload_committers)
+        ]
+        try:
+            yield collector
+        finally:
+            collector._closing = True
+            for task in collector._workers:
+                task.cancel()
+            await asyncio.gather(*collector._workers, return_exceptions=True)
+            while collector._pending:
+                collector._pending.popleft().refuse(
+                    503,
+                    "shutting-down",
+                    "Service stopping",
+                    "The service is stopping; the file was not loaded. Send it again.",
+                    headers={"Retry-After": "5"},
+                )
+
+    async def submit(self, upload: Upload) -> Outcome:
+        """Queue the upload and wait until its group has committed (or refused it)."""
+        if self._closing:
+            raise BodyError(
+                503,
+                "shutting-down",
+                "Service stopping",
+                "The service is stopping; send the file again.",
+                headers={"Retry-After": "5"},
+            )
+        self._pending.append(upload)
+        self._wakeup.set()
+        try:
+            # Shielded: a client that goes away does not stop the group its file is in.
+            return await asyncio.shield(upload.future)
+        except asyncio.CancelledError:
+            with contextlib.suppress(ValueError):
+                self._pending.remove(upload)
+            raise
+
+    # --- grouping ---
+
+    def _next_group(self) -> list[Upload]:
+        """What arrived together, up to the group's limit of rows: one file per UUID (a
+        second upload of a file waits for the first, then finds it loaded)."""
+        group: list[Upload] = []
+        seen: set[UUID] = set()
+        rows = 0
+        held: list[Upload] = []
+        limit = self.settings.upload_group_rows
+        while self._pending:
+            upload = self._pending.popleft()
+            if upload.future.done():
+                continue
+            solo = upload.replace or upload.body.rows.spilled or upload.body.count > limit
+            if upload.fuid in seen or (group and (solo or rows + upload.body.count > limit)):
+                held.append(upload)
+                if len(held) > 1000:
+                    break
+                continue
+            group.append(upload)
+            seen.add(upload.fuid)
+            rows += upload.body.count
+            if solo:
+                break
+        self._pending.extendleft(reversed(held))
+        return group
+
+    async def _work(self) -> None:
+        while True:
+            if not self._pending:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            group = self._next_group()
+            if not group:
+                continue
+            if self._pending:
+                self._wakeup.set()  # another worker may take the next group meanwhile
+            try:
+                await self._commit(group)
+            except asyncio.CancelledError:
+                for upload in group:
+                    upload.refuse(
+                        503,
+                        "shutting-down",
+                        "Service stopping",
+                        "The service stopped before the file was committed; nothing was "
+                        "loaded. Send it again.",
+                        headers={"Retry-After": "5"},
+                    )
+                raise
+            except BaseException as exc:
+                for upload in group:
+                    if not upload.future.done():
+                        upload.future.set_exception(exc)
+
+    # --- committing ---
+
+    async def _commit(self, group: list[Upload]) -> None:
+        async with self.db.primary.acquire() as conn:
+            if self._sharded is None:
+                self._sharded = await sharding.is_coordinator(cast(asyncpg.Connection, conn))
+            if self._sharded:
+                for upload in group:
+                    await self._load_sharded(conn, upload)
+                return
+            present = await self._write_group(conn, group)
+            for upload, file_row in present:
+                if upload.replace:
+                    await self._replace(conn, upload)
+                else:
+                    await self._compare(conn, upload, file_row)
+
+    async def _write_group(
+        self, conn: Connection, group: list[Upload]
+    ) -> list[tuple[Upload, asyncpg.Record | None]]:
+        """Write the group's new files in one transaction; the uploads of files already
+        present (or to be replaced) are returned for their own transactions."""
+        later: list[tuple[Upload, asyncpg.Record | None]] = []
+        for attempt in range(3):
+            written: list[Upload] = []
+            later = []
+            try:
+                async with conn.transaction():
+                    todo = await self._open_datasets(conn, group)
+                    present = {
+                        r["fuid_raw"]: r
+                        for r in await conn.fetch(FILES_PRESENT, [u.fuid for u in todo])
+                    }
+                    fresh = []
+                    for upload in todo:
+                        if upload.replace or upload.fuid in present:
+                            later.append((upload, present.get(upload.fuid)))
+                        else:
+                            fresh.append(upload)
+                    if fresh:
+                        written, moved = await self._copy_files(conn, fresh)
+                        later += moved
+                    if written:
+                        await self._record(conn, written)
+            except _RETRY_GROUP:
+                if attempt == 2:
+                    raise
+                continue
+            break
+        self.groups += 1
+        self.grouped_files += len(written)
+        for upload in written:
+            upload.answer(
+                Outcome(
+                    "loaded",
+                    upload.fuid,
+                    upload.dataset,
+                    upload.body.count,
+                    group_size=len(written),
+                )
+            )
+        return later
+
+    async def _open_datasets(self, conn: Connection, group: list[Upload]) -> list[Upload]:
+        """The uploads whose datasets take files (their rows locked until commit, so a
+        close waits for this group); the others are refused."""
+        rows = {
+            r["id"]: r
+            for r in await conn.fetch(LOCK_DATASETS, sorted({u.dataset.id for u in group}))
+        }
+        todo = []
+        for upload in group:
+            row = rows.get(upload.dataset.id)
+            if row is None:
+                upload.refuse(
+                    404,
+                    "dataset-not-found",
+                    "Dataset not found",
+                    f"Dataset {upload.dataset.id} no longer exists; nothing was loaded.",
+                )
+            elif row["state"] != "open":
+                upload.refuse(*_closed(row))
+            else:
+                todo.append(upload)
+        return todo
+
+    async def _copy_files(
+        self, conn: Connection, uploads: list[Upload]
+    ) -> tuple[list[Upload], list[tuple[Upload, asyncpg.Record | None]]]:
+        """Write the files: all in one COPY when that works, else one by one under
+        savepoints. Returns (written, found loaded meanwhile)."""
+        for attempt in range(2):
+            try:
+                async with conn.transaction():
+                    await self._copy(conn, uploads)
+                return uploads, []
+            except asyncpg.CheckViolationError as exc:
+                if not _needs_partition(exc) or attempt:
+                    break
+                await conn.fetchval(ADD_PARTITIONS, sorted({u.body.run or 0 for u in uploads}))
+            except (asyncpg.UniqueViolationError, asyncpg.DataError):
+                break
+        written: list[Upload] = []
+        moved: list[tuple[Upload, asyncpg.Record | None]] = []
+        for upload in uploads:
+            try:
+                async with conn.transaction():
+                    await self._copy(conn, [upload])
+                written.append(upload)
+            except asyncpg.UniqueViolationError as exc:
+                if await self._refuse_duplicate(conn, upload, exc):
+                    present = await conn.fetch(FILES_PRESENT, [upload.fuid])
+                    moved.append((upload, present[0] if present else None))
+            except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
+                upload.refuse(
+                    422,
+                    "invalid-value",
+                    "Invalid value",
+                    f"{_where(upload, exc)}{str(exc).splitlines()[0]}; nothing was loaded.",
+                )
+        return written, moved
+
+    async def _copy(self, conn: Connection, uploads: list[Upload]) -> None:
+        def rows() -> Iterator[bytes]:
+            for upload in uploads:
+                yield from upload.body.rows.chunks()
+
+        async def source() -> AsyncIterator[bytes]:
+            for piece in rows():
+                yield piece
+
+        await copy_unless_lost(
+            conn,
+            conn.copy_to_table(
+                "events", source=source(), columns=COPY_COLUMNS, format="text", delimiter=","
+            ),
+        )
+
+    async def _refuse_duplicate(
+        self, conn: Connection, upload: Upload, exc: asyncpg.UniqueViolationError
+    ) -> bool:
+        """Say which event the file cannot have; True when the file itself turned out to
+        be loaded meanwhile (by a concurrent upload of the same file)."""
+        key = _KEY.search(getattr(exc, "detail", "") or "")
+        where = _where(upload, exc)
+        if key is None:
+            upload.refuse(
+                409, "duplicate-event", "Duplicate event", f"{where}{exc}; nothing was loaded."
+            )
+            return False
+        run, event = int(key[1]), int(key[2])
+        holder = await conn.fetchrow(EVENT_AT, run, event)
+        if holder is None:
+            upload.refuse(
+                422,
+                "duplicate-in-file",
+                "Event twice in the file",
+                f"{where}run {run} event {event} appears more than once in this file; "
+                "nothing was loaded.",
+            )
+            return False
+        if holder["fuid_raw"] == upload.fuid:
+            return True
+        upload.refuse(
+            409,
+            "event-in-another-file",
+            "Event held by another file",
+            f"{where}run {run} event {event} is already in file {holder['fuid_raw']} "
+            f"(dataset {holder['dsid_raw']}); nothing was loaded.",
+            other_file=str(holder["fuid_raw"]),
+            run_number=run,
+            event_number=event,
+        )
+        return False
+
+    async def _record(self, conn: Connection, uploads: list[Upload]) -> None:
+        await conn.execute(
+            RECORD_UPLOADS,
+            [u.fuid for u in uploads],
+            [u.body.digest().hex() for u in uploads],
+            [u.body.count for u in uploads],
+            [u.started_at for u in uploads],
+            [u.principal for u in uploads],
+        )
+
+    async def _compare(
+        self, conn: Connection, upload: Upload, file_row: asyncpg.Record | None
+    ) -> None:
+        """An upload of a file the catalogue holds: the same events, or a conflict."""
+        assert file_row is not None
+        async with conn.transaction():
+            await conn.execute(CREATE_COMPARE_STAGE)
+            await conn.execute(PROBE_PLAN)
+            await copy_unless_lost(
+                conn,
+                conn.copy_to_table(
+                    "upload_stage",
+                    source=_aiter(upload.body.rows.chunks()),
+                    columns=COPY_COLUMNS,
+                    format="text",
+                    delimiter=",",
+                ),
+            )
+            counts = await conn.fetchrow(COMPARE_STAGE)
+            assert counts is not None
+            held = int(file_row["n_events"])
+            if counts["same"] == counts["n"] == held:
+                upload.answer(Outcome("identical", upload.fuid, upload.dataset, held))
+                return
+            diff = await conn.fetchrow(FIRST_DIFFERENCE)
+        detail = (
+            f"File {upload.fuid} is already loaded with {held} events in dataset "
+            f"{file_row['dsid_raw']}; this upload has {upload.body.count}"
+        )
+        if diff is not None:
+            line = int(diff["line"]) + upload.body.first_line - 1
+            detail += f"; line {line} (run {diff['run_number']} event {diff['event_number']}) "
+            if diff["their_fuid"] is None:
+                detail += "is not in the loaded file"
+            elif diff["their_fuid"] != str(upload.fuid):
+                detail += f"is in file {diff['their_fuid']}"
+            elif diff["their_dsid"] != upload.dataset.id:
+                detail += f"is in dataset {diff['their_dsid']}, not {upload.dataset.id}"
+            else:
+                detail += (
+                    f"has olt_result {diff['olt_result']} here, {diff['their_olt']} in the "
+                    "catalogue"
+                )
+        else:
+            detail += f"; the loaded file has {held - int(counts['same'])} events it lacks"
+        detail += ". Replacing a file needs the admin scope and ?replace=true."
+        upload.refuse(409, "file-differs", "File already loaded with other events", detail)
+
+    async def _replace(self, conn: Connection, upload: Upload) -> None:
+        """Delete the file's events and write the new ones, in one transaction."""
+        with contextlib.suppress(_Undo):
+            await self._replace_in_transaction(conn, upload)
+
+    async def _replace_in_transaction(self, conn: Connection, upload: Upload) -> None:
+        async with conn.transaction():
+            await conn.execute(LOCK_FILE, str(upload.fuid))
+            old = await conn.fetch(FILES_PRESENT, [upload.fuid])
+            row = old[0] if old else None
+            if row is not None:
+                await conn.execute(
+                    DELETE_FILE_EVENTS,
+                    row["run_number"],
+                    row["first_event"],
+                    row["last_event"],
+                    upload.fuid,
+                )
+                if await conn.fetchval(FILE_LEFT, upload.fuid) is not None:
+                    upload.refuse(
+                        409,
+                        "file-spans-runs",
+                        "File cannot be replaced",
+                        f"File {upload.fuid} holds events of several runs (loaded by "
+                        "the command line); replace it with 'eventindex load' instead.",
+                    )
+                    raise _Undo
+            try:
+                async with conn.transaction():
+                    await self._copy(conn, [upload])
+            except asyncpg.CheckViolationError as exc:
+                if not _needs_partition(exc):
+                    raise
+                await conn.fetchval(ADD_PARTITIONS, [upload.body.run])
+                await self._copy(conn, [upload])
+            await self._record(conn, [upload])
+        upload.answer(
+            Outcome(
+                "replaced" if row is not None else "loaded",
+                upload.fuid,
+                upload.dataset,
+                upload.body.count,
+            )
+        )
+
+    async def _load_sharded(self, conn: Connection, upload: Upload) -> None:
+        """The sharded loader's path: split by shard, two-phase commit."""
+        row = await conn.fetch(DATASET_STATES, [upload.dataset.id])
+        if not row or row[0]["state"] != "open":
+            if row:
+                upload.refuse(*_closed(row[0]))
+            else:
+                upload.refuse(
+                    404,
+                    "dataset-not-found",
+                    "Dataset not found",
+                    f"Dataset {upload.dataset.id} no longer exists.",
+                )
+            return
+        with tempfile.TemporaryFile(prefix="eventindex-upload-") as spill:
+            spill.write(b"run_number,event_number,olt_result,dsid_raw,fuid_raw\n")
+            for piece in upload.body.rows.chunks():
+                spill.write(piece)
+            spill.flush()
+            spill.seek(0)
+            source = Source(f"upload {upload.fuid}", Path(f"/dev/fd/{spill.fileno()}"))
+            # (The loader is written for a plain connection; a pool's proxy behaves as one.)
+            loader = Loader(
+                cast(asyncpg.Connection, conn), on_conflict="fail", progress_interval=1e9
+            )
+            try:
+                (result,) = await load_sharded(loader, [], [source])
+            except LoadError as exc:
+                upload.refuse(409, "event-conflict", "Conflicting events", f"{exc}")
+                return
+        upload.answer(
+            Outcome(
+                "identical" if result.inserted == 0 else "loaded",
+                upload.fuid,
+                upload.dataset,
+                result.rows,
+            )
+        )
+
+
+class _Undo(Exception):
+    """Roll the transaction back; the upload has been answered."""
+
+
+def _needs_partition(exc: Exception) -> bool:
+    return (
+        isinstance(exc, asyncpg.CheckViolationError)
+        and getattr(exc, "constraint_name", None) is None
+        and getattr(exc, "table_name", None) == "events"
+    )
+
+
+def _where(upload: Upload, exc: Exception) -> str:
+    match = _COPY_LINE.search(getattr(exc, "context", "") or "")
+    if match is None:
+        return ""
+    return f"line {int(match[1]) + upload.body.first_line - 1}: "
+
+
+async def _aiter(chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
+    for piece in chunks:
+        yield piece
+
+
+def _closed(row: asyncpg.Record) -> tuple[int, str, str, str]:
+    return (
+        409,
+        "dataset-closed",
+        "Dataset closed",
+        f"Dataset {row['id']} ({row['name']}) is {row['state']}: it takes no new files; "
+        "nothing was loaded.",
+    )
+
+
+__all__ = ["Collector", "Dataset", "Outcome", "Upload"]

@@ -1,0 +1,306 @@
+"""Data collection: production jobs report each raw file's events; datasets are
+registered, filled and closed (write scope)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated, Any, TypeVar
+from uuid import UUID
+
+import orjson
+from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from pydantic import BaseModel, ValidationError
+
+from eventindex.auth import Principal, require
+from eventindex.deps import CollectorDep, DatabaseDep, SettingsDep, WriteConnection
+from eventindex.ingest import lifecycle
+from eventindex.ingest.collector import Dataset, Upload
+from eventindex.ingest.filebody import (
+    BodyError,
+    FileBody,
+    Format,
+    RowBuffer,
+    parse_content_digest,
+)
+from eventindex.problems import Problem, problem_responses
+from eventindex.schemas import DatasetRequest, DatasetStatus, UploadResult
+
+router = APIRouter(prefix="/v1", tags=["data collection"])
+
+WRITE = Depends(require("write"))
+
+_FORMATS: dict[str, Format] = {
+    "text/csv": "csv",
+    "application/x-ndjson": "ndjson",
+    "application/ndjson": "ndjson",
+    "application/jsonl": "ndjson",
+}
+
+_UPLOAD_DOC: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "text/csv": {
+                "schema": {"type": "string"},
+                "example": "run_number,event_number,olt_result\n1234,1,5\n1234,2,1\n",
+            },
+            "application/x-ndjson": {
+                "schema": {"type": "string"},
+                "example": '{"run_number": 1234, "event_number": 1, "olt_result": 5}\n',
+            },
+        },
+    }
+}
+
+DatasetRef = Annotated[
+    str,
+    Path(
+        min_length=1,
+        max_length=200,
+        description="the dataset's id or name",
+        examples=["spd-run2026-raw"],
+    ),
+]
+
+
+def _problem(exc: BodyError) -> Problem:
+    extra = dict(exc.extra)
+    headers = extra.pop("headers", None)
+    return Problem(exc.status, exc.kind, exc.title, exc.detail, headers=headers, **extra)
+
+
+def _json(data: Any, status: int, headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        orjson.dumps(data), status_code=status, media_type="application/json", headers=headers
+    )
+
+
+@router.put(
+    "/files/{fuid}",
+    response_model=UploadResult,
+    status_code=201,
+    summary="Report a raw file's events (all or nothing; idempotent)",
+    description=(
+        "The body is the file's events: CSV with the header "
+        "`run_number,event_number,olt_result` (`Content-Type: text/csv`) or NDJSON objects "
+        "with those fields (`application/x-ndjson`), optionally `Content-Encoding: gzip`; "
+        "a raw file holds the events of one run. 201: loaded; 200: the same events were "
+        "already loaded (nothing changed) or, with `replace=true` (admin scope), replaced. "
+        "409: the file is loaded with other events, an event is held by another file, or "
+        "the dataset is closed. 422: bad lines (numbered). A 2xx answer means committed. "
+        "An optional `Content-Digest: sha-256=:...:` (RFC 9530) is checked."
+    ),
+    responses={
+        200: {"model": UploadResult, "description": "Already loaded, or replaced"},
+        **problem_responses(400, 401, 403, 404, 408, 409, 413, 415, 422, 503),
+    },
+    openapi_extra=_UPLOAD_DOC,
+)
+async def put_file(
+    request: Request,
+    fuid: Annotated[UUID, Path(description="the raw file's UUID in distributed storage")],
+    dataset: Annotated[
+        str, Query(min_length=1, max_length=200, description="the dataset's id or name")
+    ],
+    db: DatabaseDep,
+    settings: SettingsDep,
+    collector: CollectorDep,
+    principal: Annotated[Principal, WRITE],
+    replace: Annotated[bool, Query(description="replace the file's events (admin scope)")] = False,
+) -> Response:
+    if replace and "admin" not in principal.scopes:
+        raise Problem(
+            403,
+            "forbidden",
+            "Forbidden",
+            f"'{principal.name}' lacks the 'admin' scope that replacing a file needs.",
+        )
+    fmt = _format(request)
+    coding = request.headers.get("content-encoding", "identity").strip().lower()
+    if coding not in ("identity", "gzip", "x-gzip"):
+        raise Problem(
+            415,
+            "unsupported-encoding",
+            "Unsupported content encoding",
+            f"Content-Encoding {coding!r} is not accepted; send identity or gzip.",
+        )
+    declared = request.headers.get("content-length", "")
+    if declared.isascii() and declared.isdigit() and int(declared) > settings.upload_max_bytes:
+        raise _problem(_too_large(settings.upload_max_bytes))
+    try:
+        expected = parse_content_digest(request.headers.get("content-digest"))
+    except BodyError as exc:
+        raise _problem(exc) from None
+    async with db.connection() as conn:
+        found = await lifecycle.resolve(conn, dataset)
+    if found["state"] != "open":
+        raise Problem(
+            409,
+            "dataset-closed",
+            "Dataset closed",
+            f"Dataset {found['id']} ({found['name']}) is {found['state']}: it takes no new files.",
+        )
+    target = Dataset(found["id"], found["name"])
+    with RowBuffer(collector.budget) as rows:
+        body = FileBody(
+            fuid,
+            target.id,
+            fmt,
+            rows,
+            gzip=coding != "identity",
+            max_bytes=settings.upload_max_bytes,
+        )
+        try:
+            await _receive(request, body, settings.stream_idle_timeout)
+            body.finish()
+            body.check_digest(expected)
+            name = principal.name if principal.kind != "open" else None
+            outcome = await collector.submit(Upload(body, target, name, replace))
+        except BodyError as exc:
+            raise _problem(exc) from None
+    request.state.pairs = outcome.events
+    result = {
+        "fuid_raw": str(outcome.fuid),
+        "dataset": {"id": outcome.dataset.id, "name": outcome.dataset.name},
+        "events": outcome.events,
+        "result": outcome.result,
+    }
+    location = {"Location": f"/v1/files/{outcome.fuid}"}
+    return _json(result, 201 if outcome.result == "loaded" else 200, location)
+
+
+def _format(request: Request) -> Format:
+    media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    fmt = _FORMATS.get(media)
+    if fmt is None:
+        shown = repr(media) if media else "missing"
+        raise Problem(
+            415,
+            "unsupported-media-type",
+            "Unsupported media type",
+            f"Content-Type {shown} is not accepted for a file's events; use text/csv "
+            "(header run_number,event_number,olt_result) or application/x-ndjson.",
+        )
+    return fmt
+
+
+def _too_large(limit: int) -> BodyError:
+    return BodyError(
+        413,
+        "upload-too-large",
+        "Upload too large",
+        f"The file's body exceeds {limit} bytes; nothing was loaded.",
+        headers={"Connection": "close"},
+    )
+
+
+async def _receive(request: Request, body: FileBody, idle: float) -> None:
+    """Feed the body as it arrives; a client silent for ``idle`` seconds gets 408."""
+    stream = request.stream().__aiter__()
+    while True:
+        try:
+            async with asyncio.timeout(idle):
+                chunk = await anext(stream)
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            raise BodyError(
+                408,
+                "body-timeout",
+                "Request body too slow",
+                f"No part of the body arrived for {idle:g} seconds; nothing was loaded.",
+                headers={"Connection": "close"},
+            ) from None
+        body.feed(chunk)
+
+
+@router.post(
+    "/datasets",
+    response_model=DatasetStatus,
+    status_code=201,
+    summary="Register a dataset (idempotent)",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": {"$ref": "#/components/schemas/DatasetRequest"}}
+            },
+        }
+    },
+    responses={
+        200: {"model": DatasetStatus, "description": "Already registered the same way"},
+        **problem_responses(400, 401, 403, 408, 409, 413, 422, 503),
+    },
+)
+async def register_dataset(
+    request: Request, db: DatabaseDep, _: Annotated[Principal, WRITE]
+) -> Response:
+    body = await read_json(request, DatasetRequest)
+    # Acquired after the body is in: a slow client holds no connection.
+    async with db.connection() as conn:
+        dataset, created = await lifecycle.register(conn, body.model_dump())
+    headers = {"Location": f"/v1/datasets/{dataset['id']}"}
+    return _json(_shown(dataset), 201 if created else 200, headers)
+
+
+_M = TypeVar("_M", bound=BaseModel)
+
+
+async def read_json(request: Request, model: type[_M]) -> _M:
+    """The body, read only now: the write scope has been checked, so an anonymous
+    caller's body is never read (FastAPI reads declared bodies before it solves
+    dependencies)."""
+    raw = await request.body()
+    if not raw.strip():
+        raise Problem(422, "empty-body", "Empty body", "The request body is empty.")
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise Problem(
+            400, "undecodable-body", "Undecodable body", "The request body is not UTF-8."
+        ) from None
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as exc:
+        errors = [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]
+        raise RequestValidationError(errors) from None
+
+
+def _shown(dataset: dict[str, Any]) -> Any:
+    return DatasetStatus(**dataset).model_dump(mode="json")
+
+
+@router.post(
+    "/datasets/{dataset}/close",
+    response_model=DatasetStatus,
+    summary="End a dataset's filling and validate it",
+    description=(
+        "New files are refused from now on. The consistency check runs: the dataset "
+        "becomes `validated` when it is clean (and holds the files expected, if that was "
+        "given), or stays `closed` with its problems in `close_report`. Closing a closed "
+        "dataset checks it again; a validated one is left as it is."
+    ),
+    responses=problem_responses(401, 403, 404, 422, 503),
+)
+async def close_dataset(
+    dataset: DatasetRef,
+    conn: WriteConnection,
+    _: Annotated[Principal, WRITE],
+) -> Response:
+    found = await lifecycle.resolve(conn, dataset)
+    closed = await lifecycle.close(conn, found["id"])
+    return _json(_shown(closed), 200)
+
+
+@router.get(
+    "/datasets/{dataset}/status",
+    response_model=DatasetStatus,
+    summary="A dataset's state, files loaded and files expected",
+    dependencies=[Depends(require("read"))],
+    responses=problem_responses(401, 403, 404, 422, 503),
+)
+async def dataset_status(dataset: DatasetRef, conn: WriteConnection) -> Response:
+    found = await lifecycle.resolve(conn, dataset)
+    return _json(_shown(await lifecycle.status(conn, found["id"])), 200)

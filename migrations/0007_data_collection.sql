@@ -1,0 +1,74 @@
+-- Data collection: datasets are registered, filled and closed by the production system, and
+-- every load records who made it and which file it wrote.
+
+-- A dataset is open while the production fills it; closing it refuses new files and runs
+-- the consistency check, after which it is validated (clean) or stays closed (problems
+-- listed in close_report). Datasets that exist already stay open, as they were.
+ALTER TABLE datasets
+    ADD COLUMN state text NOT NULL DEFAULT 'open'
+        CHECK (state IN ('open', 'closed', 'validated')),
+    ADD COLUMN files_expected integer CHECK (files_expected >= 0),
+    ADD COLUMN closed_at timestamptz,
+    ADD COLUMN validated_at timestamptz,
+    ADD COLUMN close_report jsonb;
+
+-- Who made a load (a token's or certificate's name, a JWT subject; NULL for the command
+-- line) and, for an upload, the one file it wrote.
+ALTER TABLE loads
+    ADD COLUMN principal text,
+    ADD COLUMN fuid_raw uuid;
+
+CREATE INDEX loads_file ON loads (fuid_raw) WHERE fuid_raw IS NOT NULL;
+
+-- Events go only into open datasets, whoever writes them. The rows of the datasets written
+-- are locked FOR SHARE until the writing transaction ends, so closing a dataset (which
+-- updates its row) waits for the loads in flight and every later load sees it closed.
+CREATE OR REPLACE FUNCTION events_summary_add() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    missing integer;
+    written integer[];
+    shut record;
+BEGIN
+    WITH delta AS MATERIALIZED (
+        SELECT fuid_raw, dsid_raw, run_number, olt_result, count(*) AS n,
+               min(event_number) AS lo, max(event_number) AS hi
+        FROM new_rows GROUP BY fuid_raw, dsid_raw, run_number, olt_result
+    ), counts AS (
+        INSERT INTO run_olt_counts AS c (run_number, dsid_raw, olt_result, n_events)
+        SELECT run_number, dsid_raw, olt_result, sum(n) FROM delta
+        GROUP BY run_number, dsid_raw, olt_result
+        ON CONFLICT (run_number, dsid_raw, olt_result)
+        DO UPDATE SET n_events = c.n_events + EXCLUDED.n_events
+    ), file_rows AS (
+        INSERT INTO files AS f (fuid_raw, dsid_raw, run_number, n_events, first_event,
+                                last_event)
+        SELECT fuid_raw, min(dsid_raw), min(run_number), sum(n), min(lo), max(hi)
+        FROM delta GROUP BY fuid_raw
+        ON CONFLICT (fuid_raw) DO UPDATE SET
+            n_events = f.n_events + EXCLUDED.n_events,
+            first_event = least(f.first_event, EXCLUDED.first_event),
+            last_event = greatest(f.last_event, EXCLUDED.last_event),
+            last_loaded_at = now()
+    )
+    SELECT array_agg(DISTINCT dsid_raw) INTO written FROM delta;
+    SELECT min(w.id) INTO missing
+    FROM unnest(written) AS w (id)
+    WHERE NOT EXISTS (SELECT 1 FROM datasets AS s WHERE s.id = w.id);
+    IF missing IS NOT NULL THEN
+        RAISE EXCEPTION 'dataset % does not exist', missing
+            USING ERRCODE = 'foreign_key_violation', HINT = 'load the dataset first';
+    END IF;
+    PERFORM 1 FROM datasets WHERE id = ANY (written) ORDER BY id FOR SHARE;
+    SELECT s.id, s.name, s.state INTO shut
+    FROM datasets AS s
+    WHERE s.id = ANY (written) AND s.state <> 'open'
+    ORDER BY s.id LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'dataset % (%) is %: it takes no new events', shut.id, shut.name,
+            shut.state
+            USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
+    RETURN NULL;
+END
+$$;
