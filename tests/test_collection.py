@@ -7,6 +7,7 @@ import asyncio
 import gzip
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import asyncpg
 import httpx
@@ -61,7 +62,7 @@ async def put(
     )
 
 
-def problem(r: httpx.Response, status: int) -> dict[str, object]:
+def problem(r: httpx.Response, status: int) -> dict[str, Any]:
     assert r.status_code == status, r.text
     assert r.headers["content-type"] == "application/problem+json"
     body = r.json()
@@ -260,13 +261,13 @@ async def test_bad_lines_are_numbered_and_nothing_is_loaded(
     lines[24] = ""  # line 26
     body = ("run_number,event_number,olt_result\n" + "\n".join(lines) + "\n").encode()
     got = problem(await put(api, new_fuid(), body), 422)
-    assert [e["line"] for e in got["errors"]] == [6, 11, 16, 21, 26]  # type: ignore[union-attr]
+    assert [e["line"] for e in got["errors"]] == [6, 11, 16, 21, 26]
     assert "event_number 'x' is not a whole number" in str(got["errors"])
     assert "event_number -5 is negative" in str(got["errors"])
     assert "one run" in str(got["errors"])
     bad_json = b'{"run_number": 1, "event_number": 2, "olt_result": 3}\n{"run_number": true}\n'
     got = problem(await put(api, new_fuid(), bad_json, headers=NDJSON), 422)
-    assert got["errors"][0]["line"] == 2  # type: ignore[index]
+    assert got["errors"][0]["line"] == 2
     for body, where in [
         (b"", "empty"),
         (b"run_number,event_number,olt_result\n", "no events"),
@@ -420,7 +421,7 @@ async def test_a_bad_file_in_a_group_does_not_fail_the_others(catalogue: str) ->
             uploads.append(Upload(body, Dataset(1, "prod"), "tester"))
         try:
             await collector._commit(uploads)
-            answers = {}
+            answers: dict[str, str] = {}
             for what, upload in zip(plan, uploads, strict=True):
                 try:
                     answers[what] = (await upload.future).result

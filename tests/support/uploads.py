@@ -57,7 +57,7 @@ async def file_events(url: str, fuid: str) -> set[tuple[int, int, int, int]]:
         )
     finally:
         await conn.close()
-    return {tuple(r.values()) for r in rows}  # type: ignore[misc]
+    return {(r[0], r[1], r[2], r[3]) for r in rows}
 
 
 async def recount(url: str) -> tuple[int, int, bool]:
