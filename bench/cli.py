@@ -12,6 +12,7 @@ from bench.load import bench_load
 from bench.loadtest import bench_load_test, server_env
 from bench.lookup import bench_lookup
 from bench.scale import bench_scale
+from bench.upload import bench_upload
 from bench.workload import DEFAULT_MIX, parse_mix
 
 
@@ -62,6 +63,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--events", type=int, default=10_000_000, help="events per file (default 10M)")
     p.add_argument("--rounds", type=int, default=3)
     p.set_defaults(func=bench_load)
+
+    p = sub.add_parser("upload", help="uploads over HTTP (group commit) vs raw COPY")
+    p.add_argument("--database-url", help="PostgreSQL server URL (default: embedded)")
+    p.add_argument("--producers", type=int, default=50, help="concurrent uploaders (default 50)")
+    p.add_argument("--files", type=int, default=400, help="files uploaded (default 400)")
+    p.add_argument("--events-per-file", type=int, default=5000, help="(default 5,000)")
+    p.add_argument("--large", type=int, default=1_000_000, help="events of the large file")
+    p.add_argument("--rounds", type=int, default=3)
+    p.set_defaults(func=bench_upload)
 
     p = sub.add_parser(
         "load-test", help="many concurrent clients: throughput, latency, errors, server memory"

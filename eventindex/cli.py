@@ -492,6 +492,31 @@ def build_parser() -> argparse.ArgumentParser:
     pick.add_arguments(p)
     p.set_defaults(func=pick.run)
 
+    from eventindex import upload
+
+    p = sub.add_parser(
+        "upload",
+        help="report raw files' events to the service (write token; no database needed)",
+        description="Upload raw files' indexes over the HTTP API: one CSV per raw file "
+        "(<fuid>.csv[.gz], header run_number,event_number,olt_result) or a catalogue CSV "
+        "with a fuid_raw column (as 'eventindex generate' writes), split by file. Files "
+        "already loaded are skipped; failures are retried. Exit codes: 0 all files are in "
+        "the catalogue, 3 some were refused, 1 error, 2 usage.",
+    )
+    upload.add_arguments(p)
+    p.set_defaults(func=upload.run)
+
+    p = sub.add_parser(
+        "datasets",
+        help="register, close and show datasets over the HTTP API (write token)",
+        description="Datasets are registered before their files are uploaded and closed "
+        "when production ends: closing refuses new files and validates the dataset when "
+        "its consistency check is clean. 'close' exits 4 when the dataset stays closed with "
+        "problems.",
+    )
+    upload.add_dataset_arguments(p)
+    p.set_defaults(func=upload.run_datasets)
+
     p = sub.add_parser(
         "check",
         help="consistency report per dataset (exit 4 when there are problems)",

@@ -18,12 +18,19 @@ answered twice or skipped. Memory is bounded by chunk size times concurrency.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import hashlib
+import json
+import os
 import random
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterable, Iterator
+from functools import partial
+from pathlib import Path
 from types import TracebackType
 from typing import Any
+from uuid import UUID
 
 import httpx
 import orjson
@@ -350,6 +357,97 @@ class EventIndexClient:
             for result in _RESULTS.validate_json(b"[" + b",".join(batch) + b"]"):
                 yield result
 
+    # --- data collection (write scope) ---
+
+    async def upload_file(
+        self,
+        fuid: str | UUID,
+        events: Iterable[tuple[int, int, int]] | bytes | str | os.PathLike[str],
+        dataset: str | int,
+        *,
+        replace: bool = False,
+    ) -> dict[str, Any]:
+        """Report one raw file's events: an iterable of (run_number, event_number,
+        olt_result), or the path of a CSV file with the header
+        ``run_number,event_number,olt_result``, or such a CSV as bytes (gzip-compressed
+        ones are sent so). Returns the server's answer (``result``: ``loaded``,
+        ``identical`` or ``replaced``). Retried on failures: uploads are idempotent.
+        Raises ProblemError when the server refuses the file."""
+        headers = {"content-type": "text/csv"}
+        if isinstance(events, bytes):
+            body = events
+        elif isinstance(events, str | os.PathLike):
+            # A raw file's index is small (10,000 events: ~200 kB): read in a thread.
+            body = await asyncio.to_thread(Path(events).read_bytes)
+        else:
+            body = upload_body(events)
+        if body[:2] == b"\x1f\x8b":
+            headers["content-encoding"] = "gzip"
+        digest = base64.b64encode(hashlib.sha256(body).digest()).decode()
+        headers["content-digest"] = f"sha-256=:{digest}:"
+        params: dict[str, str] = {"dataset": str(dataset)}
+        if replace:
+            params["replace"] = "true"
+        response = await self._request(
+            "PUT", f"/v1/files/{fuid}", params=params, content=body, headers=headers
+        )
+        return self._json(response)
+
+    async def file_info(self, fuid: str | UUID) -> dict[str, Any] | None:
+        """What the catalogue holds of a file (None if it holds none of its events)."""
+        response = await self._request("GET", f"/v1/files/{fuid}")
+        if response.status_code == 404:
+            return None
+        return self._json(response)
+
+    async def create_dataset(
+        self,
+        name: str,
+        *,
+        data_type: str = "raw",
+        description: str = "",
+        files_expected: int | None = None,
+        dataset_id: int | None = None,
+    ) -> dict[str, Any]:
+        """Register a dataset; the same registration again returns it unchanged."""
+        body: dict[str, Any] = {"name": name, "data_type": data_type, "description": description}
+        if files_expected is not None:
+            body["files_expected"] = files_expected
+        if dataset_id is not None:
+            body["id"] = dataset_id
+        response = await self._request(
+            "POST", "/v1/datasets", content=json.dumps(body), headers=_JSON_HEADERS
+        )
+        return self._json(response)
+
+    async def close_dataset(self, dataset: str | int) -> dict[str, Any]:
+        """End the dataset's filling; its state becomes validated or closed."""
+        response = await self._request("POST", f"/v1/datasets/{dataset}/close")
+        return self._json(response)
+
+    async def dataset_status(self, dataset: str | int) -> dict[str, Any]:
+        response = await self._request("GET", f"/v1/datasets/{dataset}/status")
+        return self._json(response)
+
+    @staticmethod
+    def _json(response: httpx.Response) -> dict[str, Any]:
+        if response.status_code >= 400:
+            raise _problem_error(response.status_code, response.content)
+        answer = response.json()
+        if not isinstance(answer, dict):
+            raise EventIndexError(f"unexpected answer: {response.text[:200]}")
+        return answer
+
+
+_JSON_HEADERS = {"content-type": "application/json"}
+
+
+def upload_body(events: Iterable[tuple[int, int, int]]) -> bytes:
+    """A file's events as the CSV body ``PUT /v1/files`` takes."""
+    lines = [b"run_number,event_number,olt_result\n"]
+    lines += [b"%d,%d,%d\n" % (int(r), int(e), int(o)) for r, e, o in events]
+    return b"".join(lines)
+
 
 class SyncEventIndexClient:
     """The same client for scripts and notebooks, on an event loop in a helper thread."""
@@ -388,6 +486,29 @@ class SyncEventIndexClient:
                 yield from _RESULTS.validate_json(b"[" + b",".join(batch) + b"]")
         finally:
             self._portal.call(stream.aclose)
+
+    def upload_file(
+        self,
+        fuid: str | UUID,
+        events: Iterable[tuple[int, int, int]] | bytes | str | os.PathLike[str],
+        dataset: str | int,
+        *,
+        replace: bool = False,
+    ) -> dict[str, Any]:
+        if not isinstance(events, bytes | str | os.PathLike):
+            events = list(events)
+        return self._portal.call(
+            partial(self._client.upload_file, fuid, events, dataset, replace=replace)
+        )
+
+    def create_dataset(self, name: str, **kwargs: Any) -> dict[str, Any]:
+        return self._portal.call(partial(self._client.create_dataset, name, **kwargs))
+
+    def close_dataset(self, dataset: str | int) -> dict[str, Any]:
+        return self._portal.call(self._client.close_dataset, dataset)
+
+    def dataset_status(self, dataset: str | int) -> dict[str, Any]:
+        return self._portal.call(self._client.dataset_status, dataset)
 
 
 async def _next_batch(stream: AsyncIterator[list[bytes]]) -> list[bytes] | None:

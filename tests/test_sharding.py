@@ -295,6 +295,57 @@ async def test_careful_load_of_new_runs_on_shards(
     assert one.content == other.content
 
 
+async def test_uploads_take_the_sharded_loaders_path(
+    layout: Layout, clients: tuple[httpx.AsyncClient, httpx.AsyncClient]
+) -> None:
+    """PUT /v1/files on a coordinator: the file lands on its run's shard by two-phase
+    commit; the same file again changes nothing; a file colliding with it changes no
+    server."""
+    sharded, _ = clients
+    run = 950_000
+    fuid = "00000000-0000-0000-0000-000000950000"
+    body = "run_number,event_number,olt_result\n" + "".join(f"{run},{e},3\n" for e in range(1, 101))
+    r = await sharded.put(
+        f"/v1/files/{fuid}",
+        params={"dataset": "1"},
+        content=body,
+        headers={"Content-Type": "text/csv"},
+    )
+    assert r.status_code == 201, r.text
+    found = await sharded.post("/v1/lookup", json={"pairs": [[run, e] for e in range(1, 102)]})
+    results = found.json()["results"]
+    assert found.json()["summary"]["found"] == 100
+    assert {x["fuid_raw"] for x in results if x["found"]} == {fuid}
+
+    async def counts() -> list[int]:
+        out = []
+        for url in [layout.coordinator, *layout.shards.values()]:
+            conn = await asyncpg.connect(url)
+            out.append(int(await conn.fetchval("SELECT count(*) FROM events")))
+            out.append(int(await conn.fetchval("SELECT count(*) FROM pg_prepared_xacts")))
+            await conn.close()
+        return out
+
+    before = await counts()
+    again = await sharded.put(
+        f"/v1/files/{fuid}",
+        params={"dataset": "1"},
+        content=body,
+        headers={"Content-Type": "text/csv"},
+    )
+    assert again.status_code == 200, again.text
+    assert again.json()["result"] == "identical"
+    clash = await sharded.put(
+        "/v1/files/00000000-0000-0000-0000-000000950001",
+        params={"dataset": "1"},
+        content=body,
+        headers={"Content-Type": "text/csv"},
+    )
+    assert clash.status_code == 409, clash.text
+    assert f"run {run} event 1" in clash.json()["detail"]
+    assert await counts() == before
+
+
 async def test_shard_down_is_a_503_naming_it(
     layout: Layout, clients: tuple[httpx.AsyncClient, httpx.AsyncClient]
 ) -> None:
