@@ -372,6 +372,13 @@ async def test_replace_swaps_the_files_events_in_one_step(
     assert r.json()["result"] == "replaced"
     assert await file_events(catalogue, fuid) == {(a, b, c, dsid) for a, b, c in new}
     assert await recount(catalogue) == (80, 1, True)
+    # A replacement holding another file's event changes nothing.
+    other = new_fuid()
+    assert (await put(api, other, as_csv(events_of(22, 500, 10)))).status_code == 201
+    before = await snapshot(catalogue)
+    clash = problem(await put(api, fuid, as_csv(events_of(22, 505, 3)), replace="true"), 409)
+    assert f"is already in file {other}" in clash["detail"]
+    assert await snapshot(catalogue) == before
 
 
 # --- groups ---

@@ -57,6 +57,16 @@ FROM files WHERE fuid_raw = ANY($1::uuid[])
 
 ADD_PARTITIONS = "SELECT events_add_partitions($1::integer[])"
 
+# Partitions neither detached nor attached under the transaction (a concurrent DETACH
+# waits for it): the same lock an INSERT into ``events`` takes.
+HOLD_PARTITIONS = "LOCK TABLE events IN ROW EXCLUSIVE MODE"
+
+PARTITIONS_OF = """
+SELECT r AS run, p.schema_name, p.table_name
+FROM unnest($1::integer[]) AS r
+LEFT JOIN LATERAL events_partition_of(r) AS p ON true
+"""
+
 EVENT_AT = """
 SELECT fuid_raw, dsid_raw, olt_result FROM events WHERE run_number = $1 AND event_number = $2
 """
@@ -364,17 +374,12 @@ class Collector:
     ) -> tuple[list[Upload], list[tuple[Upload, asyncpg.Record | None]]]:
         """Write the files: all in one COPY when that works, else one by one under
         savepoints. Returns (written, found loaded meanwhile)."""
-        for attempt in range(2):
-            try:
-                async with conn.transaction():
-                    await self._copy(conn, uploads)
-                return uploads, []
-            except asyncpg.CheckViolationError as exc:
-                if not _needs_partition(exc) or attempt:
-                    break
-                await conn.fetchval(ADD_PARTITIONS, sorted({u.body.run or 0 for u in uploads}))
-            except (asyncpg.UniqueViolationError, asyncpg.DataError):
-                break
+        try:
+            async with conn.transaction():
+                await self._copy(conn, uploads)
+            return uploads, []
+        except (asyncpg.UniqueViolationError, asyncpg.DataError):
+            pass  # rolled back to the savepoint: file by file
         written: list[Upload] = []
         moved: list[tuple[Upload, asyncpg.Record | None]] = []
         for upload in uploads:
@@ -396,20 +401,31 @@ class Collector:
         return written, moved
 
     async def _copy(self, conn: Connection, uploads: list[Upload]) -> None:
-        def rows() -> Iterator[bytes]:
-            for upload in uploads:
-                yield from upload.body.rows.chunks()
-
-        async def source() -> AsyncIterator[bytes]:
-            for piece in rows():
-                yield piece
-
-        await copy_unless_lost(
-            conn,
-            conn.copy_to_table(
-                "events", source=source(), columns=COPY_COLUMNS, format="text", delimiter=","
-            ),
-        )
+        """COPY the files straight into their runs' partitions: a COPY through the
+        partitioned ``events`` (whose summary trigger reads a transition table) inserts
+        row by row, into a partition it inserts many rows at a time."""
+        await conn.execute(HOLD_PARTITIONS)
+        runs = sorted({u.body.run or 0 for u in uploads})
+        leaves = {r["run"]: r for r in await conn.fetch(PARTITIONS_OF, runs)}
+        if any(leaf["table_name"] is None for leaf in leaves.values()):
+            await conn.fetchval(ADD_PARTITIONS, runs)
+            leaves = {r["run"]: r for r in await conn.fetch(PARTITIONS_OF, runs)}
+        by_leaf: dict[tuple[str, str], list[Upload]] = {}
+        for upload in uploads:
+            leaf = leaves[upload.body.run or 0]
+            by_leaf.setdefault((leaf["schema_name"], leaf["table_name"]), []).append(upload)
+        for (schema, table), part in by_leaf.items():
+            await copy_unless_lost(
+                conn,
+                conn.copy_to_table(
+                    table,
+                    schema_name=schema,
+                    source=_aiter(_rows_of(part)),
+                    columns=COPY_COLUMNS,
+                    format="text",
+                    delimiter=",",
+                ),
+            )
 
     async def _refuse_duplicate(
         self, conn: Connection, upload: Upload, exc: asyncpg.UniqueViolationError
@@ -536,11 +552,9 @@ class Collector:
             try:
                 async with conn.transaction():
                     await self._copy(conn, [upload])
-            except asyncpg.CheckViolationError as exc:
-                if not _needs_partition(exc):
-                    raise
-                await conn.fetchval(ADD_PARTITIONS, [upload.body.run])
-                await self._copy(conn, [upload])
+            except asyncpg.UniqueViolationError as exc:
+                await self._refuse_duplicate(conn, upload, exc)
+                raise _Undo from None
             await self._record(conn, [upload])
         upload.answer(
             Outcome(
@@ -595,19 +609,16 @@ class _Undo(Exception):
     """Roll the transaction back; the upload has been answered."""
 
 
-def _needs_partition(exc: Exception) -> bool:
-    return (
-        isinstance(exc, asyncpg.CheckViolationError)
-        and getattr(exc, "constraint_name", None) is None
-        and getattr(exc, "table_name", None) == "events"
-    )
-
-
 def _where(upload: Upload, exc: Exception) -> str:
     match = _COPY_LINE.search(getattr(exc, "context", "") or "")
     if match is None:
         return ""
     return f"line {int(match[1]) + upload.body.first_line - 1}: "
+
+
+def _rows_of(uploads: list[Upload]) -> Iterator[bytes]:
+    for upload in uploads:
+        yield from upload.body.rows.chunks()
 
 
 async def _aiter(chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
