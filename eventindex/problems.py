@@ -13,6 +13,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 from starlette.routing import Match
 
 from eventindex.db import UNAVAILABLE_ERRORS, PoolExhausted, scrub
@@ -264,7 +265,17 @@ def install_handlers(app: FastAPI) -> None:
         problem = Problem(500, "internal", "Internal error", "An unexpected error occurred.")
         return problem.response(request.url.path)
 
+    async def on_disconnect(request: Request, exc: Exception) -> Response:
+        # The client went away while sending its body: nobody will read an answer, and
+        # nothing went wrong here.
+        log.info("client disconnected during the body of %s", request.url.path)
+        problem = Problem(
+            400, "body-incomplete", "Body incomplete", "The connection ended before the body did."
+        )
+        return problem.response(request.url.path)
+
     app.add_exception_handler(Problem, on_problem)
+    app.add_exception_handler(ClientDisconnect, on_disconnect)
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(HTTPException, on_http)
     database_errors: tuple[type[Exception], ...] = (*UNAVAILABLE_ERRORS, asyncpg.PostgresError)

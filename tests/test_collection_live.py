@@ -12,6 +12,7 @@ import sys
 import time
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import httpx
@@ -139,14 +140,14 @@ async def test_the_client_uploads_from_events_and_from_a_path(
     }
 
 
-def _serve(url: str, port: int) -> subprocess.Popen[bytes]:
+def _serve(url: str, port: int, stderr: Any = None) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
         "EVENTINDEX_DATABASE_URL": url,
         "EVENTINDEX_PORT": str(port),
-        "EVENTINDEX_LOG_LEVEL": "warning",
+        "EVENTINDEX_LOG_LEVEL": "warning" if stderr is None else "info",
     }
-    return subprocess.Popen([sys.executable, "-m", "eventindex", "serve"], env=env)
+    return subprocess.Popen([sys.executable, "-m", "eventindex", "serve"], env=env, stderr=stderr)
 
 
 def _wait_up(base: str) -> None:
@@ -260,3 +261,91 @@ async def test_postgresql_restarted_under_uploads_is_503_then_retries_land(
     assert 500 not in statuses
     assert "" not in retry_after
     assert await recount(url) == (60 * 300, 60, True)
+
+
+async def _chunked_put(base: str, fuid: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    host, port = base.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(
+        f"PUT /v1/files/{fuid}?dataset=prod HTTP/1.1\r\nHost: localhost\r\n"
+        "Content-Type: text/csv\r\nTransfer-Encoding: chunked\r\n\r\n".encode()
+    )
+    return reader, writer
+
+
+async def _answer(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
+    status = int(head.split(b" ", 2)[1])
+    return status, head
+
+
+async def test_endless_and_stalled_bodies_are_cut_off_and_store_nothing(catalogue: str) -> None:
+    conn = await asyncpg.connect(catalogue)
+    await conn.execute("INSERT INTO datasets (id, name) VALUES (1, 'prod')")
+    await conn.close()
+    env = {"EVENTINDEX_UPLOAD_MAX_BYTES": str(1 << 20), "EVENTINDEX_STREAM_IDLE_TIMEOUT": "1"}
+    with run_server(catalogue, **env) as server:
+        # Endless: good lines for ever; the answer comes at the limit, not at the end.
+        reader, writer = await _chunked_put(server.url, new_fuid())
+        writer.write(b"23\r\nrun_number,event_number,olt_result\n\r\n")
+
+        async def endless() -> None:
+            event = 1
+            while True:
+                chunk = b"".join(b"400,%d,1\n" % e for e in range(event, event + 2000))
+                event += 2000
+                writer.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                await writer.drain()
+                await asyncio.sleep(0)
+
+        feeding = asyncio.create_task(endless())
+        try:
+            status, head = await _answer(reader)
+        finally:
+            feeding.cancel()
+            writer.close()
+        assert status == 413
+        assert b"problem+json" in head
+        # Stalled: the body stops; the idle timeout answers.
+        reader, writer = await _chunked_put(server.url, new_fuid())
+        first = b"run_number,event_number,olt_result\n401,1,1\n"
+        writer.write(b"%x\r\n%s\r\n" % (len(first), first))
+        await writer.drain()
+        try:
+            status, head = await _answer(reader)
+        finally:
+            writer.close()
+        assert status == 408
+    assert await recount(catalogue) == (0, 0, True)
+
+
+async def test_a_body_cut_by_a_malformed_chunk_is_no_server_error(
+    catalogue: str, tmp_path: Path
+) -> None:
+    """uvicorn answers a malformed chunk itself and gives up the connection; the handler
+    reading that body must end quietly (it once logged a 500 and a write-after-close)."""
+    port = free_port()
+    log = tmp_path / "server.log"
+    with log.open("w") as err:
+        proc = _serve(catalogue, port, err)
+        try:
+            _wait_up(f"http://127.0.0.1:{port}")
+            for head in (
+                f"PUT /v1/files/{new_fuid()}?dataset=prod HTTP/1.1\r\nContent-Type: text/csv",
+                "POST /v1/lookup HTTP/1.1\r\nContent-Type: application/json",
+            ):
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.write(
+                    f"{head}\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n".encode()
+                    + b"3\r\nrun_number,event_number\r\n"  # says 3 bytes, sends more
+                )
+                status, _ = await _answer(reader)
+                assert status == 400
+                writer.close()
+            await asyncio.sleep(2.5)  # past the lingering close
+        finally:
+            proc.terminate()
+            proc.wait(10)
+    text = log.read_text()
+    assert "Traceback" not in text, text
+    assert "unexpected error" not in text

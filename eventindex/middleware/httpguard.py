@@ -253,6 +253,13 @@ class _LingeringClose:
     def is_closing(self) -> bool:
         return self.lingering or self._transport.is_closing()
 
+    def write(self, data: bytes) -> None:
+        # Once half-closed nothing more can be sent: an application still answering a
+        # request whose connection the server gave up on (a malformed chunk after its
+        # headers) is talking to nobody.
+        if not self.lingering:
+            self._transport.write(data)
+
     def close(self) -> None:
         if self.lingering or self._transport.is_closing():
             return

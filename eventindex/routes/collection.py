@@ -12,6 +12,7 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from pydantic import BaseModel, ValidationError
+from starlette.requests import ClientDisconnect
 
 from eventindex.auth import Principal, require
 from eventindex.deps import CollectorDep, DatabaseDep, SettingsDep, WriteConnection
@@ -205,6 +206,14 @@ async def _receive(request: Request, body: FileBody, idle: float) -> None:
                 chunk = await anext(stream)
         except StopAsyncIteration:
             return
+        except ClientDisconnect:
+            raise BodyError(
+                400,
+                "body-incomplete",
+                "Body incomplete",
+                "The connection ended before the body did; nothing was loaded.",
+                headers={"Connection": "close"},
+            ) from None
         except TimeoutError:
             raise BodyError(
                 408,
