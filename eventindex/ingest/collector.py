@@ -143,7 +143,7 @@ class Outcome:
     group_size: int = 1
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity
 class Upload:
     body: FileBody
     dataset: Dataset
@@ -158,9 +158,16 @@ class Upload:
     def fuid(self) -> UUID:
         return self.body.fuid
 
+    # A refusal is decided inside a transaction that may yet be retried: it is told only
+    # when the transaction is over (settle).
+    refusal: BodyError | None = None
+
     def refuse(self, status: int, kind: str, title: str, detail: str, **extra: Any) -> None:
-        if not self.future.done():
-            self.future.set_exception(BodyError(status, kind, title, detail, **extra))
+        self.refusal = BodyError(status, kind, title, detail, **extra)
+
+    def settle(self) -> None:
+        if self.refusal is not None and not self.future.done():
+            self.future.set_exception(self.refusal)
 
     def answer(self, outcome: Outcome) -> None:
         if not self.future.done():
@@ -198,13 +205,15 @@ class Collector:
                 task.cancel()
             await asyncio.gather(*collector._workers, return_exceptions=True)
             while collector._pending:
-                collector._pending.popleft().refuse(
+                upload = collector._pending.popleft()
+                upload.refuse(
                     503,
                     "shutting-down",
                     "Service stopping",
                     "The service is stopping; the file was not loaded. Send it again.",
                     headers={"Retry-After": "5"},
                 )
+                upload.settle()
 
     async def submit(self, upload: Upload) -> Outcome:
         """Queue the upload and wait until its group has committed (or refused it)."""
@@ -222,8 +231,12 @@ class Collector:
             # Shielded: a client that goes away does not stop the group its file is in.
             return await asyncio.shield(upload.future)
         except asyncio.CancelledError:
-            with contextlib.suppress(ValueError):
+            if upload in self._pending:
                 self._pending.remove(upload)
+            else:
+                # A committer is reading the upload's rows, which the caller owns and
+                # would free on the way out: wait until the committer is done with them.
+                await asyncio.wait([upload.future])
             raise
 
     # --- grouping ---
@@ -277,11 +290,17 @@ class Collector:
                         "loaded. Send it again.",
                         headers={"Retry-After": "5"},
                     )
+                    upload.settle()
                 raise
             except BaseException as exc:
                 for upload in group:
                     if not upload.future.done():
                         upload.future.set_exception(exc)
+            else:
+                for upload in group:
+                    upload.settle()
+                    if not upload.future.done():  # every path answers or refuses
+                        upload.future.set_exception(RuntimeError("the upload got no answer"))
 
     # --- committing ---
 
@@ -309,6 +328,8 @@ class Collector:
         for attempt in range(3):
             written: list[Upload] = []
             later = []
+            for upload in group:
+                upload.refusal = None
             try:
                 async with conn.transaction():
                     todo = await self._open_datasets(conn, group)
@@ -334,6 +355,8 @@ class Collector:
             break
         self.groups += 1
         self.grouped_files += len(written)
+        for upload in group:
+            upload.settle()
         for upload in written:
             upload.answer(
                 Outcome(

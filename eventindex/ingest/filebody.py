@@ -175,7 +175,7 @@ def parse_content_digest(header: str | None) -> bytes | None:
     return None
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity
 class FileBody:
     """One upload's body, fed as it arrives; its rows end up in ``rows``."""
 
