@@ -483,3 +483,37 @@ async def test_scopes_write_to_upload_admin_to_replace(catalogue: str) -> None:
     finally:
         await conn.close()
     assert who == "producer"
+
+
+# --- large files, written while they arrive ---
+
+
+async def test_a_large_file_written_as_it_arrives_is_still_all_or_nothing(
+    catalogue: str,
+) -> None:
+    """With groups of 50 events, files of 3,000 stream straight into COPY."""
+    settings = Settings(database_url=catalogue, upload_group_rows=50)
+    async for api in app_client(settings):
+        dsid = await register(api, "prod")
+        events = events_of(80, 1, 3000)
+        fuid = new_fuid()
+        body = as_csv(events)
+        r = await put(api, fuid, body, headers={**CSV, "Content-Digest": content_digest(body)})
+        assert r.status_code == 201, r.text
+        assert await file_events(catalogue, fuid) == {(a, b, c, dsid) for a, b, c in events}
+        again = await put(api, fuid, body)
+        assert again.json()["result"] == "identical"
+        before = await snapshot(catalogue)
+        bad_end = as_csv(events_of(81, 1, 3000)) + b"81,x,1\n"
+        assert problem(await put(api, new_fuid(), bad_end), 422)["errors"][0]["line"] == 3002
+        wrong = {**CSV, "Content-Digest": content_digest(b"other")}
+        problem(await put(api, new_fuid(), as_csv(events_of(82, 1, 3000)), headers=wrong), 400)
+        overlap = as_csv(events_of(80, 5001, 2000) + events_of(80, 2500, 10))
+        detail = problem(await put(api, new_fuid(), overlap), 409)["detail"]
+        assert f"line 2002: run 80 event 2500 is already in file {fuid}" in detail
+        twice = as_csv(events_of(84, 1, 2000) + events_of(84, 7, 1))
+        problem(await put(api, new_fuid(), twice), 422)
+        assert await snapshot(catalogue) == before
+        await api.post("/v1/datasets/prod/close")
+        problem(await put(api, new_fuid(), as_csv(events_of(85, 1, 3000))), 409)
+    assert await recount(catalogue) == (3000, 1, True)

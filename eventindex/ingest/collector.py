@@ -185,6 +185,7 @@ class Collector:
         self._wakeup = asyncio.Event()
         self._workers: list[asyncio.Task[None]] = []
         self._sharded: bool | None = None
+        self._stream_slots = asyncio.Semaphore(settings.upload_committers)
         self._closing = False
         self.groups = 0
         self.grouped_files = 0
@@ -238,6 +239,99 @@ class Collector:
                 # would free on the way out: wait until the committer is done with them.
                 await asyncio.wait([upload.future])
             raise
+
+    # --- large files, written while they arrive ---
+
+    async def streamable(self) -> bool:
+        """Whether a large upload may be written as it arrives (a slot is free)."""
+        if self._closing or self._stream_slots.locked():
+            return False
+        if self._sharded is None:
+            async with self.db.primary.acquire() as conn:
+                self._sharded = await sharding.is_coordinator(cast(asyncpg.Connection, conn))
+        return not self._sharded
+
+    async def stream(
+        self, upload: Upload, rest: AsyncIterator[bytes], digest: bytes | None
+    ) -> Outcome:
+        """Write a large file while its body arrives: one COPY fed by the request, in one
+        transaction, committed when the body has ended whole and correct (its check or
+        digest failing part-way aborts the COPY: nothing stays). The overlap of receiving
+        and writing is what makes a large upload about as fast as a plain COPY. A slow
+        client holds its connection and transaction meanwhile, so at most
+        ``upload_committers`` uploads stream at once; a file already loaded (or to be
+        replaced) is read whole and goes the usual way."""
+        async with self._stream_slots, self.db.primary.acquire() as conn:
+            try:
+                async with conn.transaction():
+                    if not await self._take_alone(conn, upload):
+                        raise _Usual
+                    table = await self._leaf(conn, upload)
+                    await copy_unless_lost(
+                        conn,
+                        conn.copy_to_table(
+                            table[1],
+                            schema_name=table[0],
+                            source=_drained(upload.body, rest, digest),
+                            columns=COPY_COLUMNS,
+                            format="text",
+                            delimiter=",",
+                        ),
+                    )
+                    await self._record(conn, [upload])
+            except _Usual:
+                pass
+            except asyncpg.UniqueViolationError as exc:
+                if await self._refuse_duplicate(conn, upload, exc):
+                    upload.refuse(
+                        503,
+                        "file-busy",
+                        "File being loaded",
+                        f"File {upload.fuid} was loaded by another request meanwhile; "
+                        "send it again to have it compared.",
+                        headers={"Retry-After": "1"},
+                    )
+                assert upload.refusal is not None
+                raise upload.refusal from None
+            except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
+                raise BodyError(
+                    422,
+                    "invalid-value",
+                    "Invalid value",
+                    f"{_where(upload, exc)}{str(exc).splitlines()[0]}; nothing was loaded.",
+                ) from None
+            else:
+                return Outcome("loaded", upload.fuid, upload.dataset, upload.body.count)
+        async for chunk in rest:
+            upload.body.feed(chunk)
+        upload.body.finish()
+        upload.body.check_digest(digest)
+        return await self.submit(upload)
+
+    async def _take_alone(self, conn: Connection, upload: Upload) -> bool:
+        """Lock the dataset (refusing a closed one); False when the file is loaded
+        already or is to be replaced."""
+        rows = await conn.fetch(LOCK_DATASETS, [upload.dataset.id])
+        if not rows:
+            raise BodyError(
+                404, "dataset-not-found", "Dataset not found", f"No dataset {upload.dataset.id}."
+            )
+        if rows[0]["state"] != "open":
+            raise BodyError(*_closed(rows[0]))
+        return not upload.replace and not await conn.fetch(FILES_PRESENT, [upload.fuid])
+
+    async def _leaf(self, conn: Connection, upload: Upload) -> tuple[str, str]:
+        run = upload.body.run or 0
+        return (await self._leaves(conn, [run]))[run]
+
+    async def _leaves(self, conn: Connection, runs: list[int]) -> dict[int, tuple[str, str]]:
+        """The partition of each run (made where missing), held for the transaction."""
+        await conn.execute(HOLD_PARTITIONS)
+        rows = await conn.fetch(PARTITIONS_OF, runs)
+        if any(r["table_name"] is None for r in rows):
+            await conn.fetchval(ADD_PARTITIONS, runs)
+            rows = await conn.fetch(PARTITIONS_OF, runs)
+        return {r["run"]: (r["schema_name"], r["table_name"]) for r in rows}
 
     # --- grouping ---
 
@@ -427,16 +521,10 @@ class Collector:
         """COPY the files straight into their runs' partitions: a COPY through the
         partitioned ``events`` (whose summary trigger reads a transition table) inserts
         row by row, into a partition it inserts many rows at a time."""
-        await conn.execute(HOLD_PARTITIONS)
-        runs = sorted({u.body.run or 0 for u in uploads})
-        leaves = {r["run"]: r for r in await conn.fetch(PARTITIONS_OF, runs)}
-        if any(leaf["table_name"] is None for leaf in leaves.values()):
-            await conn.fetchval(ADD_PARTITIONS, runs)
-            leaves = {r["run"]: r for r in await conn.fetch(PARTITIONS_OF, runs)}
+        leaves = await self._leaves(conn, sorted({u.body.run or 0 for u in uploads}))
         by_leaf: dict[tuple[str, str], list[Upload]] = {}
         for upload in uploads:
-            leaf = leaves[upload.body.run or 0]
-            by_leaf.setdefault((leaf["schema_name"], leaf["table_name"]), []).append(upload)
+            by_leaf.setdefault(leaves[upload.body.run or 0], []).append(upload)
         for (schema, table), part in by_leaf.items():
             await copy_unless_lost(
                 conn,
@@ -626,6 +714,27 @@ class Collector:
                 result.rows,
             )
         )
+
+
+class _Usual(Exception):
+    """The file cannot be written as it arrives: read it whole, then the usual way."""
+
+
+async def _drained(
+    body: FileBody, rest: AsyncIterator[bytes], digest: bytes | None
+) -> AsyncIterator[bytes]:
+    """The rows of a body as it arrives, each handed over once. Its end is checked before
+    the last rows go: an error raised here aborts the COPY."""
+    for piece in body.rows.take():
+        yield piece
+    async for chunk in rest:
+        body.feed(chunk)
+        for piece in body.rows.take():
+            yield piece
+    body.finish()
+    body.check_digest(digest)
+    for piece in body.rows.take():
+        yield piece
 
 
 class _Undo(Exception):

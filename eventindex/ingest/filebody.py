@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
 import re
 import tempfile
 import zlib
@@ -98,6 +99,7 @@ class RowBuffer:
         self._memory: list[bytes] = []
         self._held = 0
         self._file: IO[bytes] | None = None
+        self._taken = 0
         self.size = 0
 
     def __enter__(self) -> RowBuffer:
@@ -133,6 +135,19 @@ class RowBuffer:
         self._file.seek(0)
         while piece := self._file.read(size):
             yield piece
+
+    def take(self) -> list[bytes]:
+        """The rows written since the last take, handed over and no longer kept (a file
+        written while it arrives)."""
+        if self._file is None:
+            pieces = self._memory
+            self._release()
+            return pieces
+        self._file.seek(self._taken)
+        data = self._file.read()
+        self._taken += len(data)
+        self._file.seek(0, os.SEEK_END)
+        return [data] if data else []
 
     def _release(self) -> None:
         self._budget.give(self._held)

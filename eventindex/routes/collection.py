@@ -4,6 +4,7 @@ registered, filled and closed (write scope)."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncGenerator
 from typing import Annotated, Any, TypeVar
 from uuid import UUID
 
@@ -153,14 +154,25 @@ async def put_file(
             gzip=coding != "identity",
             max_bytes=settings.upload_max_bytes,
         )
+        name = principal.name if principal.kind != "open" else None
+        upload = Upload(body, target, name, replace)
+        chunks = _body_chunks(request, settings.stream_idle_timeout)
         try:
-            await _receive(request, body, settings.stream_idle_timeout)
-            body.finish()
-            body.check_digest(expected)
-            name = principal.name if principal.kind != "open" else None
-            outcome = await collector.submit(Upload(body, target, name, replace))
+            async for chunk in chunks:
+                body.feed(chunk)
+                # A large file is written while it arrives (when a slot is free).
+                large = body.count > settings.upload_group_rows and not body.errors
+                if large and await collector.streamable():
+                    outcome = await collector.stream(upload, chunks, expected)
+                    break
+            else:
+                body.finish()
+                body.check_digest(expected)
+                outcome = await collector.submit(upload)
         except BodyError as exc:
             raise _problem(exc) from None
+        finally:
+            await chunks.aclose()
     request.state.pairs = outcome.events
     result = {
         "fuid_raw": str(outcome.fuid),
@@ -197,8 +209,8 @@ def _too_large(limit: int) -> BodyError:
     )
 
 
-async def _receive(request: Request, body: FileBody, idle: float) -> None:
-    """Feed the body as it arrives; a client silent for ``idle`` seconds gets 408."""
+async def _body_chunks(request: Request, idle: float) -> AsyncGenerator[bytes, None]:
+    """The body as it arrives; a client silent for ``idle`` seconds gets 408."""
     stream = request.stream().__aiter__()
     while True:
         try:
@@ -222,7 +234,8 @@ async def _receive(request: Request, body: FileBody, idle: float) -> None:
                 f"No part of the body arrived for {idle:g} seconds; nothing was loaded.",
                 headers={"Connection": "close"},
             ) from None
-        body.feed(chunk)
+        if chunk:
+            yield chunk
 
 
 @router.post(
