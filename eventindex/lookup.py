@@ -48,9 +48,11 @@ LEFT JOIN eventindex_lookup($1::integer[], $2::bigint[]) AS x
        ON x.run_number = p.r AND x.event_number = p.e
 """
 
+# One event: eventindex_lookup_one (migration 0009) is inlined into this query on a single
+# server (one index probe), and routed to the run's shard on a coordinator.
 GET_EVENT = """
 SELECT run_number, event_number, fuid_raw::text AS fuid_raw, dsid_raw, olt_result
-FROM eventindex_lookup(ARRAY[$1::integer], ARRAY[$2::bigint])
+FROM eventindex_lookup_one($1::integer, $2::bigint)
 """
 
 

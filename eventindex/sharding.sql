@@ -63,6 +63,17 @@ LANGUAGE plproxy AS $$
     RUN ON hashint4(runs);
 $$;
 
+-- One event (migration 0009): to the shard of its run, as eventindex_lookup routes it.
+DROP FUNCTION eventindex_lookup_one(integer, bigint);
+
+CREATE FUNCTION eventindex_lookup_one(run integer, event bigint)
+RETURNS TABLE (run_number integer, event_number bigint, olt_result integer, dsid_raw integer,
+               fuid_raw uuid)
+LANGUAGE plproxy AS $$
+    CLUSTER 'eventindex';
+    RUN ON hashint4(run);
+$$;
+
 -- (Re)creates a foreign server and schema per shard and the views over them.
 CREATE FUNCTION eventindex_shard_views() RETURNS void
 LANGUAGE plpgsql AS $$

@@ -6,11 +6,13 @@ import asyncpg
 
 from eventindex.db import Lane
 from eventindex.lookup import (
+    GET_EVENT,
     LOOKUP_BATCH_JSON,
     LOOKUP_PLAN_SETTINGS,
     lookup_batch,
     lookup_connection,
 )
+from tests.support.catalogue import fuid_of, olt_of
 
 
 async def _explain(conn: asyncpg.Connection, sql: str, *args: object) -> str:
@@ -63,3 +65,19 @@ async def test_batch_restores_input_order(database_url: str) -> None:
         assert (result.requested, result.found) == (4, 3)
     finally:
         await pool.close()
+
+
+async def test_one_event_is_one_index_probe_with_no_function_call(database_url: str) -> None:
+    """GET's lookup is inlined: the plan is the probe itself, no function scan (whose SET
+    clauses would double the cost of a single lookup)."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        plan = await _explain(conn, GET_EVENT, 102, 417)
+        row = await conn.fetchrow(GET_EVENT, 102, 417)
+    finally:
+        await conn.close()
+    assert "Index Scan using events_r0000000100_pkey" in plan, plan
+    assert "Function Scan" not in plan, plan
+    assert row is not None
+    assert (row["run_number"], row["event_number"], row["olt_result"]) == (102, 417, olt_of(417))
+    assert row["fuid_raw"] == fuid_of(102, 417)

@@ -301,7 +301,7 @@ async def test_uploads_take_the_sharded_loaders_path(
     """PUT /v1/files on a coordinator: the file lands on its run's shard by two-phase
     commit; the same file again changes nothing; a file colliding with it changes no
     server."""
-    sharded, _ = clients
+    sharded, single = clients
     run = 950_000
     fuid = "00000000-0000-0000-0000-000000950000"
     body = "run_number,event_number,olt_result\n" + "".join(f"{run},{e},3\n" for e in range(1, 101))
@@ -344,6 +344,14 @@ async def test_uploads_take_the_sharded_loaders_path(
     assert clash.status_code == 409, clash.text
     assert f"run {run} event 1" in clash.json()["detail"]
     assert await counts() == before
+    # The reference server holds the same, for the tests that compare the two.
+    same = await single.put(
+        f"/v1/files/{fuid}",
+        params={"dataset": "1"},
+        content=body,
+        headers={"Content-Type": "text/csv"},
+    )
+    assert same.status_code == 201, same.text
 
 
 async def test_shard_down_is_a_503_naming_it(
