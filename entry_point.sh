@@ -16,7 +16,7 @@ case "$mode" in
         ;;
     production)
         export EVENTINDEX_MODE=production
-        exec "$eventindex" serve --workers "${EVENTINDEX_WORKERS:-2}" "$@"
+        exec "$eventindex" serve "$@"
         ;;
     *)
         echo "usage: entry_point.sh development|production [serve options]" >&2

@@ -11,6 +11,7 @@ from bench.client import bench_client
 from bench.load import bench_load
 from bench.loadtest import bench_load_test, server_env
 from bench.lookup import bench_lookup
+from bench.qos import bench_qos
 from bench.scale import bench_scale
 from bench.upload import bench_upload
 from bench.workload import DEFAULT_MIX, parse_mix
@@ -63,6 +64,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--events", type=int, default=10_000_000, help="events per file (default 10M)")
     p.add_argument("--rounds", type=int, default=3)
     p.set_defaults(func=bench_load)
+
+    p = sub.add_parser("qos", help="interactive lookups beside bulk streams; GET/s vs pgbench")
+    p.add_argument("--database-url", help="PostgreSQL server URL (default: embedded)")
+    p.add_argument("--events", type=int, default=2_000_000, help="catalogue size (default 2M)")
+    p.add_argument("--bulk-clients", type=int, default=4, help="bulk streams (default 4)")
+    p.add_argument("--bulk-pairs", type=int, default=300_000, help="pairs per bulk stream")
+    p.add_argument("--seconds", type=float, default=15, help="length of each phase")
+    p.add_argument("--connections", type=int, default=32, help="connections for GET/s")
+    p.add_argument("--workers", type=int, help="service workers (default: its own default)")
+    p.set_defaults(func=bench_qos)
 
     p = sub.add_parser("upload", help="uploads over HTTP (group commit) vs raw COPY")
     p.add_argument("--database-url", help="PostgreSQL server URL (default: embedded)")

@@ -158,7 +158,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         ),
         **tls_options(settings),
     }
-    if args.reload or settings.workers > 1:
+    if args.reload or settings.worker_count > 1:
         # Each worker (or reloaded process) builds its app from the environment.
         for name, value in settings.model_dump(exclude_none=True, mode="json").items():
             if name in ("database_url", "data_dir", "ssl_certfile", "ssl_keyfile", "ssl_ca_certs"):
@@ -167,7 +167,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "eventindex.app:app_from_environment",
             factory=True,
             reload=args.reload,
-            workers=None if args.reload else settings.workers,
+            workers=None if args.reload else settings.worker_count,
             **server_options,
         )
         return 0
@@ -469,7 +469,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--migrate", action="store_true", help="apply pending migrations first")
     p.add_argument("--reload", action="store_true", help="restart on code changes (development)")
     p.add_argument(
-        "--workers", type=int, help="worker processes (default: EVENTINDEX_WORKERS or 1)"
+        "--workers",
+        type=int,
+        help="worker processes (default: EVENTINDEX_WORKERS, else one per CPU in production "
+        "and one in development)",
     )
     p.add_argument("--ssl-certfile", help="serve HTTPS with this certificate (PEM)")
     p.add_argument("--ssl-keyfile", help="the certificate's private key (PEM)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 from enum import StrEnum
 from pathlib import Path
@@ -117,12 +118,21 @@ class Settings(BaseSettings):
         "are trusted (comma-separated); none by default, so that no client can forge its "
         "address",
     )
-    workers: Annotated[int, Field(ge=1, le=64)] = 1
+    workers: Annotated[int | None, Field(ge=1, le=64)] = Field(
+        default=None,
+        description="worker processes; default: one per CPU in production, one in development",
+    )
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 8000
     pool_min_size: Annotated[int, Field(ge=0)] = 1
     pool_max_size: Annotated[int, Field(ge=1)] = 10
     pool_acquire_timeout: Annotated[float, Field(gt=0)] = 10.0
+    pool_interactive_reserve: Annotated[int, Field(ge=0)] = Field(
+        default=2,
+        description="connections of each pool that bulk work (streamed lookups, cursors) "
+        "may not take: single events, page-sized lookups and catalogue queries never wait "
+        "behind a stream's batches",
+    )
     statement_timeout_ms: Annotated[int, Field(ge=0)] = 60_000
     max_json_pairs: Annotated[int, Field(ge=1)] = 100_000
     max_body_bytes: Annotated[int, Field(ge=1024)] = 16 * 1024 * 1024
@@ -213,6 +223,14 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [o.strip() for o in value.split(",") if o.strip()]
         return value
+
+    @property
+    def worker_count(self) -> int:
+        """Processes to serve with: one per CPU in production (one process runs one
+        core's worth of Python), one in development (reload, debugging, tests)."""
+        if self.workers is not None:
+            return self.workers
+        return (os.cpu_count() or 1) if self.mode is Mode.PRODUCTION else 1
 
     @property
     def auth_enabled(self) -> bool:

@@ -218,43 +218,76 @@ async def create_pool(
 
 
 class FairGate:
-    """At most ``size`` holders at once, waiters served strictly in arrival order.
+    """At most ``size`` holders at once, waiters served in arrival order, interactive
+    work first.
 
     asyncpg's pool hands connections out through an asyncio.Queue, where a newcomer can
     take a connection released to a waiter that has not run yet, sending that waiter
     to the back of the line: under load the longest waits grow several times longer
     than the mean and reach the acquire timeout (measured with ``bench load-test``).
+
+    Bulk work (the batches of streamed lookups and cursors) may hold at most ``size -
+    reserve`` places, and a freed place goes to a waiting interactive request (a single
+    event, a page-sized lookup, a catalogue query) before any bulk batch: an interactive
+    request never queues behind a stream's batches (``bench qos``).
     """
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, reserve: int = 0) -> None:
         self.free = size
+        self.bulk_limit = max(1, size - reserve)
+        self.bulk_held = 0
         self.waiters: deque[asyncio.Future[None]] = deque()
+        self.bulk_waiters: deque[asyncio.Future[None]] = deque()
 
-    async def enter(self, timeout: float) -> None:
-        if self.free > 0 and not self.waiters:
-            self.free -= 1
+    def _may_enter(self, bulk: bool) -> bool:
+        if self.free <= 0:
+            return False
+        if bulk:
+            return not self.waiters and not self.bulk_waiters and self.bulk_held < self.bulk_limit
+        return not self.waiters
+
+    async def enter(self, timeout: float, bulk: bool = False) -> None:
+        if self._may_enter(bulk):
+            self._take(bulk)
             return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.waiters.append(fut)
+        queue = self.bulk_waiters if bulk else self.waiters
+        queue.append(fut)
         try:
             async with asyncio.timeout(timeout):
                 await fut
         except BaseException:
             if fut.done() and not fut.cancelled():
-                self.leave()  # the slot came just as this waiter gave up: pass it on
+                self.leave(bulk)  # the place came just as this waiter gave up: pass it on
             else:
                 fut.cancel()
                 with contextlib.suppress(ValueError):
-                    self.waiters.remove(fut)
+                    queue.remove(fut)
             raise
 
-    def leave(self) -> None:
-        while self.waiters:
+    def _take(self, bulk: bool) -> None:
+        self.free -= 1
+        if bulk:
+            self.bulk_held += 1
+
+    def leave(self, bulk: bool = False) -> None:
+        self.free += 1
+        if bulk:
+            self.bulk_held -= 1
+        self._wake()
+
+    def _wake(self) -> None:
+        """Hand free places to waiters: interactive ones first, then bulk within its cap."""
+        while self.free > 0 and self.waiters:
             fut = self.waiters.popleft()
             if not fut.done():
+                self._take(False)
                 fut.set_result(None)
-                return
-        self.free += 1
+        while self.free > 0 and self.bulk_waiters and self.bulk_held < self.bulk_limit:
+            fut = self.bulk_waiters.popleft()
+            if not fut.done():
+                self._take(True)
+                fut.set_result(None)
 
 
 class Lane:
@@ -264,15 +297,17 @@ class Lane:
     gives the connection back whatever happens in its block.
     """
 
-    def __init__(self, pool: asyncpg.Pool, timeout: float) -> None:
+    def __init__(self, pool: asyncpg.Pool, timeout: float, reserve: int = 0) -> None:
         self.pool = pool
         self.timeout = timeout
-        self.gate = FairGate(pool.get_max_size())
+        self.gate = FairGate(pool.get_max_size(), reserve)
 
     @asynccontextmanager
-    async def acquire(self, timeout: float | None = None) -> AsyncIterator[Connection]:
-        """A pooled connection, waited for in turn, counted in the metrics while waited
-        for."""
+    async def acquire(
+        self, timeout: float | None = None, *, bulk: bool = False
+    ) -> AsyncIterator[Connection]:
+        """A pooled connection, waited for in turn (``bulk`` work after interactive work,
+        and never in the reserved places), counted in the metrics while waited for."""
         limit = self.timeout if timeout is None else timeout
         loop = asyncio.get_running_loop()
         deadline = loop.time() + limit
@@ -281,7 +316,7 @@ class Lane:
             metrics.waiting += 1
         try:
             try:
-                await self.gate.enter(limit)
+                await self.gate.enter(limit, bulk)
             except TimeoutError:
                 raise PoolExhausted(self.pool.get_max_size(), limit) from None
             try:
@@ -289,7 +324,7 @@ class Lane:
                 # every holder of the gate, so this waits only to connect).
                 conn = await self.pool.acquire(timeout=max(0.1, deadline - loop.time()))
             except BaseException:
-                self.gate.leave()
+                self.gate.leave(bulk)
                 raise
         finally:
             if metrics is not None:
@@ -300,7 +335,7 @@ class Lane:
             try:
                 await self.pool.release(conn)
             finally:
-                self.gate.leave()
+                self.gate.leave(bulk)
 
 
 class Database:
@@ -316,15 +351,16 @@ class Database:
     @asynccontextmanager
     async def open(cls, settings: Settings, dsn: str) -> AsyncIterator[Database]:
         timeout = settings.pool_acquire_timeout
+        reserve = settings.pool_interactive_reserve
         pool = await create_pool(settings, dsn)
         try:
-            primary = Lane(pool, timeout)
+            primary = Lane(pool, timeout, reserve)
             if not settings.read_database_urls:
                 yield cls(primary, primary)
                 return
             read_pool = await create_pool(settings, dsn, settings.read_database_urls)
             try:
-                yield cls(primary, Lane(read_pool, timeout))
+                yield cls(primary, Lane(read_pool, timeout, reserve))
             finally:
                 await close_pool(read_pool)
         finally:

@@ -94,15 +94,15 @@ async def lookup_batch(
 
 
 @asynccontextmanager
-async def lookup_connection(lane: Lane) -> AsyncIterator[Connection]:
+async def lookup_connection(lane: Lane, *, bulk: bool = False) -> AsyncIterator[Connection]:
     """A pooled connection in a read-only transaction set up for lookups."""
-    async with lane.acquire() as conn, conn.transaction(readonly=True):
+    async with lane.acquire(bulk=bulk) as conn, conn.transaction(readonly=True):
         await conn.execute(LOOKUP_PLAN_SETTINGS)
         yield conn
 
 
 async def lookup_on_pool(
-    lane: Lane, runs: Sequence[int], events: Sequence[int], separator: str
+    lane: Lane, runs: Sequence[int], events: Sequence[int], separator: str, *, bulk: bool = False
 ) -> BatchResult:
     """One batch on a connection of its own, held only while the query runs.
 
@@ -111,11 +111,11 @@ async def lookup_on_pool(
     a restart while the service is idle or between batches goes unseen.
     """
     try:
-        async with lookup_connection(lane) as conn:
+        async with lookup_connection(lane, bulk=bulk) as conn:
             return await lookup_batch(conn, runs, events, separator)
     except BROKEN_CONNECTION_ERRORS:
         await asyncio.sleep(_RETRY_PAUSE)
-    async with lookup_connection(lane) as conn:
+    async with lookup_connection(lane, bulk=bulk) as conn:
         return await lookup_batch(conn, runs, events, separator)
 
 
@@ -125,6 +125,8 @@ async def lookup_batches(
     separator: str,
     *,
     width: int,
+    bulk: bool = True,
+    interactive_below: int = 0,
 ) -> AsyncIterator[BatchResult]:
     """Results of each batch, in order, with up to ``width`` queries in flight.
 
@@ -133,11 +135,14 @@ async def lookup_batches(
     pooled connection for itself and gives it back when it is done: a stream
     that waits for its client (a slow upload, a slow reader) holds none, so
     slow clients cannot starve the pool. If reading the batches fails, the
-    batches already read are answered before the error is raised.
+    batches already read are answered before the error is raised. A first batch
+    smaller than ``interactive_below`` is the whole request (a stream's first
+    batch waits to be full): it is answered as interactive work.
     """
     in_flight: deque[asyncio.Task[BatchResult]] = deque()
     failure: Exception | None = None
     batch_iterator = aiter(batches)
+    first = True
     try:
         while True:
             try:
@@ -151,7 +156,11 @@ async def lookup_batches(
                 break
             if len(in_flight) >= width:
                 yield await in_flight.popleft()
-            in_flight.append(asyncio.create_task(lookup_on_pool(lane, runs, events, separator)))
+            this_bulk = bulk and not (first and len(runs) < interactive_below)
+            first = False
+            in_flight.append(
+                asyncio.create_task(lookup_on_pool(lane, runs, events, separator, bulk=this_bulk))
+            )
         while in_flight:
             result = await in_flight[0]
             in_flight.popleft()
@@ -182,8 +191,10 @@ async def lookup_all(
 
     A list smaller than a batch is still split over the connections (down to
     ``MIN_SPLIT`` pairs a query), so a medium-sized request uses both the
-    database's cores.
+    database's cores. One that fits in a batch is interactive work (the page's
+    lookups), served before the batches of streams; a larger one is bulk.
     """
+    bulk = len(runs) > batch_size
     per_connection = max(MIN_SPLIT, -(-len(runs) // connections))
     batch_size = min(batch_size, per_connection)
     n_batches = -(-len(runs) // batch_size)
@@ -194,6 +205,7 @@ async def lookup_all(
         iterate_batches(runs, events, batch_size),
         separator,
         width=max(1, min(connections, n_batches)),
+        bulk=bulk,
     ):
         parts.append(result.body)
         found += result.found

@@ -95,12 +95,13 @@ async def spooled_batches(
     # once, when its end comes: a line sent a byte at a time costs no more than another).
     pending: list[bytes] = []
     pending_size = 0
+    pieces = _pieces(spool)
     while True:
         if runs and total and not spool.has_data():
             total += len(runs)
             yield runs, events
             runs, events = [], []
-        data = await spool.read()
+        data = await anext(pieces, b"")
         if not data:
             break
         cut = data.rfind(b"\n")
@@ -153,6 +154,19 @@ async def spooled_batches(
         yield runs[start : start + batch_size], events[start : start + batch_size]
     if parser.failure is not None:
         raise parser.failure
+
+
+# Bytes of body parsed at a time: about 6,000 pairs, a few milliseconds, after which the
+# event loop gets its turn (a megabyte at once held it for tens of milliseconds, which
+# every other request of the process waited for).
+PARSE_STEP = 64 * 1024
+
+
+async def _pieces(spool: Spool) -> AsyncIterator[bytes]:
+    while data := await spool.read():
+        for start in range(0, len(data), PARSE_STEP):
+            yield data[start : start + PARSE_STEP]
+            await asyncio.sleep(0)
 
 
 class LookupStream(Response):
@@ -276,7 +290,11 @@ class LookupStream(Response):
         try:
             batches = self._batches(spool)
             async for result in lookup_batches(
-                self.lane, batches, "\n", width=self.settings.stream_connections
+                self.lane,
+                batches,
+                "\n",
+                width=self.settings.stream_connections,
+                interactive_below=self.settings.lookup_batch_size,
             ):
                 requested += result.requested
                 found += result.found
@@ -402,7 +420,7 @@ class CursorStream(Response):
         started = False
         rows = 0
         try:
-            async with self.lane.acquire() as conn, conn.transaction(readonly=True):
+            async with self.lane.acquire(bulk=True) as conn, conn.transaction(readonly=True):
                 head = [(b"content-type", NDJSON.encode())]
                 await send({"type": "http.response.start", "status": 200, "headers": head})
                 started = True

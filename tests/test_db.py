@@ -58,3 +58,40 @@ async def test_timeouts_and_cancellations_lose_no_slot() -> None:
     gate.leave()
     assert gate.free == 1
     assert not gate.waiters
+
+
+async def test_bulk_work_never_takes_the_reserved_places() -> None:
+    gate = FairGate(4, reserve=2)
+    await gate.enter(1, bulk=True)
+    await gate.enter(1, bulk=True)
+    with pytest.raises(TimeoutError):
+        await gate.enter(0.02, bulk=True)  # two places are free, but reserved
+    await gate.enter(0.02)  # interactive work gets them
+    await gate.enter(0.02)
+    assert gate.free == 0
+    for bulk in (True, True, False, False):
+        gate.leave(bulk)
+    assert (gate.free, gate.bulk_held) == (4, 0)
+
+
+async def test_a_freed_place_goes_to_interactive_work_before_bulk() -> None:
+    gate = FairGate(2, reserve=0)
+    await gate.enter(1, bulk=True)
+    await gate.enter(1, bulk=True)
+    order: list[str] = []
+
+    async def waiter(name: str, bulk: bool) -> None:
+        await gate.enter(5, bulk=bulk)
+        order.append(name)
+
+    tasks = [asyncio.create_task(waiter("batch 1", True))]
+    await asyncio.sleep(0)
+    tasks.append(asyncio.create_task(waiter("batch 2", True)))
+    await asyncio.sleep(0)
+    tasks.append(asyncio.create_task(waiter("single event", False)))
+    await asyncio.sleep(0)
+    for _ in range(3):
+        gate.leave(True)
+        await asyncio.sleep(0)
+    await asyncio.gather(*tasks)
+    assert order == ["single event", "batch 1", "batch 2"]
