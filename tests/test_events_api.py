@@ -345,6 +345,9 @@ async def test_page_is_served(client: httpx.AsyncClient) -> None:
     script = await client.get("/static/app.js")
     assert script.status_code == 200
     assert "x-ndjson" in script.text
+    icon = await client.get("/favicon.ico")  # browsers ask for it: no 404 in every log
+    assert icon.status_code == 200
+    assert icon.headers["content-type"] == "image/svg+xml"
 
 
 async def test_values_postgres_refuses_are_422(client: httpx.AsyncClient) -> None:
