@@ -18,9 +18,9 @@ self.addEventListener("message", (event) => {
   const ok = typeof job.id === "string" && typeof job.path === "string" &&
     /^\/v1\/(selection\/events|files\/[0-9a-fA-F-]+\/events)(\?|$)/.test(job.path);
   if (!ok || !port) return;
-  const now = Date.now();
-  for (const [id, old] of jobs) if (old.expires < now) jobs.delete(id);
-  jobs.set(job.id, { ...job, port, expires: now + JOB_LIFETIME_MS });
+  jobs.set(job.id, { ...job, port, expires: Date.now() + JOB_LIFETIME_MS });
+  // A job the page never opened is forgotten too (the worker may also just be stopped).
+  setTimeout(() => jobs.delete(job.id), JOB_LIFETIME_MS);
   port.postMessage({ ready: true });
 });
 
