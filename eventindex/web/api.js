@@ -156,10 +156,11 @@ export function table(columns, rows, caption, attrs = {}) {
     el("thead", {}, head), el("tbody", {}, body));
 }
 
-// A description list of label/value pairs (values may be nodes).
+// A description list of label/value pairs (values may be nodes); a third item "wide" gives
+// the pair a whole line (a UUID).
 export function facts(pairs) {
-  return el("dl", { class: "facts" }, pairs.filter((p) => p).map(([k, v]) =>
-    el("div", {}, el("dt", {}, k), el("dd", {}, v))));
+  return el("dl", { class: "facts" }, pairs.filter((p) => p).map(([k, v, wide]) =>
+    el("div", { class: wide ? "wide" : null }, el("dt", {}, k), el("dd", {}, v))));
 }
 
 // --- messages ---------------------------------------------------------------------------

@@ -301,7 +301,7 @@ async function file(fuid, params, signal) {
       : el("span", { class: "disabled", "aria-disabled": "true" }, "Next ›"));
   frame("File", [HOME, [`#/datasets/${f.dsid_raw}/files`, name], [null, "File"]],
     facts([
-      ["File (fuid_raw)", el("span", { class: "uuid", id: "file-uuid" }, f.fuid_raw)],
+      ["File (fuid_raw)", el("span", { class: "uuid", id: "file-uuid" }, f.fuid_raw), "wide"],
       ["Dataset", datasetLink(f.dsid_raw)],
       ["Run", runLink(f.run_number)],
       ["Events", fmt(f.n_events)],
@@ -319,7 +319,7 @@ async function file(fuid, params, signal) {
       { label: "Run", num: true, cell: (e) => String(e.run_number) },
       { label: "Event", num: true, cell: (e) => String(e.event_number) },
       { label: "Online Filter decisions", cell: (e) => decisions(e.olt_result) },
-    ], rows, `Events of file ${fuid}`, { id: "events-table" }),
+    ], rows, `Events of file ${fuid}`, { id: "events-table", class: "narrow" }),
     pagerNav);
 }
 
