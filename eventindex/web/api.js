@@ -31,10 +31,11 @@ export async function problemOf(response) {
   return { status: response.status, detail: problem.detail || response.statusText, problem };
 }
 
-export async function getJson(path, signal) {
+// A GET of the service's API with the token; a problem answer becomes a ProblemError.
+async function get(path, accept, signal) {
   let response;
   try {
-    response = await fetch(path, { headers: { Accept: "application/json", ...authHeaders() }, signal });
+    response = await fetch(path, { headers: { Accept: accept, ...authHeaders() }, signal });
   } catch (err) {
     if (err.name === "AbortError") throw err;
     throw new ProblemError(0, "the service did not answer.");
@@ -43,23 +44,17 @@ export async function getJson(path, signal) {
     const p = await problemOf(response);
     throw new ProblemError(p.status, p.detail);
   }
-  return response.json();
+  return response;
 }
 
-// Reads an NDJSON stream line by line; `take` returns false to stop reading (the rest is
-// never fetched: the request is aborted, and the server stops its query).
-export async function readLines(path, signal, take) {
-  let response;
-  try {
-    response = await fetch(path, { headers: { Accept: "application/x-ndjson", ...authHeaders() }, signal });
-  } catch (err) {
-    if (err.name === "AbortError") throw err;
-    throw new ProblemError(0, "the service did not answer.");
-  }
-  if (!response.ok) {
-    const p = await problemOf(response);
-    throw new ProblemError(p.status, p.detail);
-  }
+export async function getJson(path, signal) {
+  return (await get(path, "application/json", signal)).json();
+}
+
+// Reads an NDJSON answer line by line; `take` returns false to stop reading (the rest is
+// never fetched: the request is cancelled, and the server stops its query). `chunk` is
+// called after each piece that arrived.
+export async function readNdjson(response, take, chunk = () => {}) {
   const reader = response.body.getReader();
   const decoder = new TextDecoder();
   let buffer = "";
@@ -73,12 +68,27 @@ export async function readLines(path, signal, take) {
       for (const line of lines) {
         if (line && take(JSON.parse(line)) === false) return;
       }
+      chunk();
     }
     buffer += decoder.decode();
     if (buffer.trim()) take(JSON.parse(buffer));
   } finally {
     reader.cancel().catch(() => {});
   }
+}
+
+export async function readLines(path, signal, take) {
+  await readNdjson(await get(path, "application/x-ndjson", signal), take);
+}
+
+// Saves what the page holds as a file.
+export function saveBlob(name, blob) {
+  const url = URL.createObjectURL(blob);
+  const a = el("a", { href: url, download: name });
+  document.body.appendChild(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 10000);
 }
 
 export async function loadNames() {

@@ -5,7 +5,7 @@
 // page hands the request to a service worker (download-worker.js) that adds it. Where
 // service workers are not available (a page served over plain http to another machine),
 // the page reads the stream itself, but only up to IN_PAGE_LIMIT events.
-import { $, authHeaders, el, fmt, hasToken, problemOf } from "./api.js";
+import { $, authHeaders, el, fmt, hasToken, problemOf, saveBlob } from "./api.js";
 
 const IN_PAGE_LIMIT = 200000;
 const WORKER_WAIT_MS = 5000;
@@ -85,12 +85,6 @@ async function inPage(path, filename, status) {
     status.textContent = `The download failed: ${(await problemOf(response)).detail}`;
     return;
   }
-  const blob = await response.blob();
-  const url = URL.createObjectURL(blob);
-  const a = el("a", { href: url, download: filename });
-  document.body.appendChild(a);
-  a.click();
-  a.remove();
-  setTimeout(() => URL.revokeObjectURL(url), 10000);
+  saveBlob(filename, await response.blob());
   status.textContent = `Downloaded ${filename}.`;
 }

@@ -1,7 +1,7 @@
 // Event picking: pairs in, each event's file, dataset and decisions out.
 import {
   $, authHeaders, banner, datasetName, decisions, el, explain, link, ProblemError,
-  problemOf,
+  problemOf, readNdjson, saveBlob,
 } from "./api.js";
 
 const PAGE_SIZE = 50;
@@ -94,26 +94,15 @@ async function showProblem(response) {
 }
 
 async function readStream(response, expected) {
-  const reader = response.body.getReader();
-  const decoder = new TextDecoder();
-  let buffer = "";
   let lastPaint = 0;
-  for (;;) {
-    const { value, done } = await reader.read();
-    if (done) break;
-    buffer += decoder.decode(value, { stream: true });
-    const lines = buffer.split("\n");
-    buffer = lines.pop();
-    for (const line of lines) if (line) take(JSON.parse(line));
+  await readNdjson(response, take, () => {
     const now = performance.now();
     if (now - lastPaint > 150) {
       lastPaint = now;
       showProgress(state.results.length, expected);
       if (state.results.length && $("results-box").hidden) render();
     }
-  }
-  buffer += decoder.decode();
-  if (buffer.trim()) take(JSON.parse(buffer));
+  });
   showProgress(state.results.length, Math.max(expected, state.results.length), true);
   renderInvalid();
   render();
@@ -272,12 +261,7 @@ function renderInvalid() {
 // --- downloads of the results (held by the page already) -------------------------------
 
 function download(name, type, parts) {
-  const url = URL.createObjectURL(new Blob(parts, { type }));
-  const a = el("a", { href: url, download: name });
-  document.body.appendChild(a);
-  a.click();
-  a.remove();
-  setTimeout(() => URL.revokeObjectURL(url), 10000);
+  saveBlob(name, new Blob(parts, { type }));
 }
 
 function csvCell(v) {
