@@ -93,6 +93,9 @@ function frame(title, crumbs, ...body) {
 const HOME = ["#/datasets", "Datasets"];
 const runLink = (run) => link(`#/runs/${run}`, String(run));
 const datasetLink = (id) => link(`#/datasets/${id}`, datasetName(id));
+// Files loaded, and of how many the production said it would report, where the service says.
+const filesOf = (d) => fmt(d.n_files) + (d.files_expected != null ? ` of ${fmt(d.files_expected)}` : "");
+
 const loaded = (x) => (x.first_loaded_at === x.last_loaded_at ? when(x.first_loaded_at)
   : `${when(x.first_loaded_at)} – ${when(x.last_loaded_at)}`);
 const runRange = (a, b) => (a == null ? "" : a === b ? String(a) : `${a}–${b}`);
@@ -116,7 +119,7 @@ async function datasets(params, signal) {
     { label: "Type", cell: (d) => d.data_type || "" },
     withState && { label: "State", cell: (d) => d.state || "" },
     { label: "Events", num: true, cell: (d) => fmt(d.n_events) },
-    { label: "Files", num: true, cell: (d) => fmt(d.n_files) },
+    { label: "Files", num: true, cell: filesOf },
     { label: "Runs", cell: (d) => runRange(d.first_run, d.last_run) },
     { label: "Last loaded", cell: (d) => when(d.last_loaded_at) },
   ].filter(Boolean);
@@ -137,7 +140,7 @@ async function dataset(id, tab, params, signal) {
     d.state != null && ["State", d.state],
     d.description && ["Description", d.description],
     ["Events", fmt(d.n_events)],
-    ["Files", fmt(d.n_files)],
+    ["Files", filesOf(d)],
     ["Runs", runRange(d.first_run, d.last_run) || "none"],
     ["Created", when(d.created_at)],
     d.first_loaded_at && ["Loaded", loaded(d)],
