@@ -342,9 +342,14 @@ async def test_page_is_served(client: httpx.AsyncClient) -> None:
     assert page.status_code == 200
     assert page.headers["content-type"].startswith("text/html")
     assert "/static/app.js" in page.text
-    script = await client.get("/static/app.js")
-    assert script.status_code == 200
-    assert "x-ndjson" in script.text
+    for module in ("app.js", "api.js", "pick.js", "browse.js", "download.js"):
+        script = await client.get("/static/" + module)
+        assert script.status_code == 200
+        assert script.headers["content-type"].startswith("text/javascript")
+    assert "x-ndjson" in (await client.get("/static/pick.js")).text
+    icon = await client.get("/favicon.ico")  # browsers ask for it: no 404 in every log
+    assert icon.status_code == 200
+    assert icon.headers["content-type"] == "image/svg+xml"
 
 
 async def test_values_postgres_refuses_are_422(client: httpx.AsyncClient) -> None:

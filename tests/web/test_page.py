@@ -1,6 +1,5 @@
-"""The event-picking page in a real headless Chromium against a real uvicorn and database.
-
-Screenshots of the main states go to test-artifacts/.
+"""The event-picking page in a real headless Chromium against a real uvicorn and database
+(fixtures in conftest.py). Screenshots of the main states go to test-artifacts/.
 """
 
 from __future__ import annotations
@@ -8,79 +7,21 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
-import os
-import shutil
-from collections.abc import AsyncIterator, Iterator
+import re
 from pathlib import Path
 
 import asyncpg
 import orjson
 import pytest
-from playwright.async_api import Browser, FilePayload, Page, async_playwright, expect
+from playwright.async_api import Browser, FilePayload, Page, expect
 
 from eventindex import migrate
 from tests.support.catalogue import dsid_of, fuid_of
 from tests.support.servers import EmbeddedServer, Server, run_server
+from tests.web.conftest import PHONE, Opened, Pages, fits, on_screen, shot
 
 # Slow tier: real servers, many requests or many examples (./dev check skips it).
 pytestmark = pytest.mark.slow
-
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
-FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-
-if not Path(CHROMIUM).exists():
-    if os.environ.get("CI"):
-        raise RuntimeError("Chromium is missing: ./dev test installs it with apt-get as root")
-    pytest.skip(
-        "Chromium is not installed (./dev test installs it as root)", allow_module_level=True
-    )
-
-
-@pytest.fixture(scope="module")
-def server(database_url: str) -> Iterator[Server]:
-    with run_server(database_url) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-async def browser() -> AsyncIterator[Browser]:
-    async with async_playwright() as p:
-        b = await p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        yield b
-        await b.close()
-
-
-@pytest.fixture
-async def page(browser: Browser, server: Server) -> AsyncIterator[Page]:
-    context = await browser.new_context(
-        viewport={"width": 1280, "height": 900}, accept_downloads=True
-    )
-    p = await context.new_page()
-    violations: list[str] = []
-    # Whatever a test does, the page must work within its Content-Security-Policy.
-    p.on(
-        "console",
-        lambda m: violations.append(m.text) if "Content Security Policy" in m.text else None,
-    )
-    await p.goto(server.url + "/")
-    await expect(p.locator("#catalogue-status")).to_contain_text("3 datasets")
-    yield p
-    await context.close()
-    assert not violations, violations
-
-
-async def shot(page: Page, name: str) -> None:
-    ARTIFACTS.mkdir(exist_ok=True)
-    await page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
 
 
 async def counts(page: Page) -> dict[str, str]:
@@ -130,6 +71,15 @@ async def test_paste_mixed_forms_with_bad_lines(page: Page) -> None:
     await expect(missing).to_have_count(2)
     assert "not in the catalogue" in await missing.nth(0).inner_text()
     await shot(page, "1-results-with-bad-lines")
+
+    # A result links to its file's view; the back button comes back to the results.
+    file_link = rows.nth(0).locator("td").nth(2).locator("a")
+    assert await file_link.get_attribute("href") == f"#/files/{fuid_of(100, 1)}"
+    await file_link.click()
+    await expect(page.locator("#file-uuid")).to_have_text(fuid_of(100, 1))
+    await page.go_back()
+    await expect(rows).to_have_count(7)
+    assert (await rows.nth(0).inner_text()).split("\t")[2] == fuid_of(100, 1)
 
     # Sorting by event, descending on the second press (keyboard).
     sort = page.locator("#results-table th:nth-child(2) button")
@@ -217,7 +167,9 @@ async def test_hundred_thousand_pairs(page: Page) -> None:
     await shot(page, "3-hundred-thousand-pairs")
 
 
-async def test_empty_and_all_bad_input(page: Page) -> None:
+async def test_empty_and_all_bad_input(opened: Opened) -> None:
+    page = opened.page
+    opened.watch.allow(422)  # the answer when no line is a pair
     await page.click("#lookup")
     await expect(page.locator("#banner")).to_contain_text("Paste some run/event pairs")
     await shot(page, "4-empty-input")
@@ -229,17 +181,31 @@ async def test_empty_and_all_bad_input(page: Page) -> None:
     await shot(page, "5-all-bad")
 
 
-async def test_phone_width(browser: Browser, server: Server) -> None:
-    context = await browser.new_context(viewport={"width": 390, "height": 844})
-    page = await context.new_page()
+async def test_phone_results_are_stacked_rows(pages: Pages, server: Server) -> None:
+    page = (await pages.open(viewport=PHONE)).page
     await page.goto(server.url + "/")
-    await page.fill("#pairs", "100 1\n100 2\n999 1\n")
+    await expect(page.locator("#catalogue-status")).to_contain_text("3 datasets")
+    bad = "this line is not a pair of numbers, and its message is long enough to wrap"
+    await page.fill("#pairs", f"100 1\n100 2\n999 1\n{bad}\n")
     await page.click("#lookup")
     await expect(page.locator("#progress-text")).to_contain_text("Done: 3 pairs")
-    overflow = await page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
-    assert overflow <= 0, "the page is wider than a phone screen"
+    await fits(page)
+    # Each result is a block of labelled lines: the whole UUID and the decisions on screen.
+    first = page.locator("#results-table tbody tr").nth(0)
+    uuid_cell = first.locator("td").nth(2)
+    assert await uuid_cell.inner_text() == fuid_of(100, 1)
+    decisions = first.locator("td").nth(4)
+    assert await decisions.inner_text() == "minimum_bias"
+    for cell in (uuid_cell, decisions):
+        await on_screen(cell, PHONE["width"])
+    label = await decisions.evaluate("td => getComputedStyle(td, '::before').content")
+    assert label == '"Online Filter decisions"'
+    # The bad line's message is wrapped, not cut.
+    problem = page.locator("#invalid-table tbody td").nth(1)
+    assert "expected" in await problem.inner_text()
+    assert await problem.evaluate("td => td.scrollWidth <= td.clientWidth")
+    await on_screen(problem, PHONE["width"])
     await shot(page, "6-phone")
-    await context.close()
 
 
 async def test_database_unavailable_then_back(browser: Browser, own_server: EmbeddedServer) -> None:
@@ -266,19 +232,46 @@ async def test_database_unavailable_then_back(browser: Browser, own_server: Embe
 
 
 async def test_overlap_heat_map(page: Page) -> None:
+    await page.click("nav.views >> text=Decision overlap")
     await page.select_option("#overlap-dataset", "1")
     await page.click("#overlap-show")
+    await expect(page).to_have_url(re.compile(r"#/overlap\?dataset=1$"))
     table = page.locator("#overlap-table")
     await expect(table).to_be_visible()
-    await expect(page.locator("#overlap-total")).to_contain_text("events in scope")
+    await expect(page.locator("#overlap-total")).to_contain_text("1,000 events in scope")
     rows = table.locator("tbody tr")
     await expect(rows).to_have_count(9)
-    # Dataset 1 holds run 102 (olt_result = event % 16): each of bits 0-3 is set in half.
+    # Dataset 1 holds run 102 (olt_result = event % 16): each of bits 0-3 is set in half of
+    # its 1,000 events, each pair of them in a quarter.
     first = (await rows.nth(0).inner_text()).split("\t")
-    assert first[0] == "minimum_bias"
-    assert first[1] == "500"
-    assert first[2] == "250"
+    assert first[:3] == ["minimum_bias", "50%", "25%"]
+    assert first[5] == "0"
+    await expect(page.locator("#overlap-scale")).to_be_visible()
     await shot(page, "9-overlap-heat-map")
+    await page.select_option("#overlap-show-as", "count")
+    await page.click("#overlap-show")
+    await expect(page).to_have_url(re.compile(r"#/overlap\?dataset=1&show=count$"))
+    await expect(rows.nth(0)).to_contain_text("500")
+    assert (await rows.nth(0).inner_text()).split("\t")[:3] == ["minimum_bias", "500", "250"]
+
+
+async def test_heat_map_fits_a_phone(pages: Pages, server: Server) -> None:
+    page = (await pages.open(viewport=PHONE)).page
+    await page.goto(server.url + "/#/overlap")
+    await expect(page.locator("#overlap-total")).to_contain_text("5,000 events in scope")
+    await fits(page)
+    table = page.locator("#overlap-table")
+    await on_screen(table, PHONE["width"])
+    # Numbered decisions, named in the key below; the cells are percentages.
+    assert await table.locator("thead .short").all_inner_texts() == [str(i) for i in range(1, 10)]
+    await expect(page.locator("#overlap-key li")).to_have_count(9)
+    assert await page.locator("#overlap-key li").nth(3).inner_text() == "dimuon"
+    # Every run holds events 0-999 with olt_result = event % 16: bit 3 in 496 of each 1,000.
+    cell = table.locator("tbody tr").nth(3).locator("td").nth(3)
+    assert await cell.inner_text() == f"{round(100 * 496 / 1000)}%"
+    assert await cell.evaluate("td => td.scrollWidth <= td.clientWidth")
+    await expect(page.locator("#overlap-scale")).to_be_visible()
+    await shot(page, "10-phone-heat-map")
 
 
 async def test_security_headers_and_no_inline_script(browser: Browser, server: Server) -> None:
