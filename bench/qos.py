@@ -139,21 +139,24 @@ def wrk_gets(base: str, n_events: int, seconds: float, connections: int) -> floa
 math.randomseed(7)
 request = function()
   local g = math.random(0, {n_events - 1})
-  local run, event = 1000 + g // {EVENTS_PER_RUN}, g % {EVENTS_PER_RUN}
+  local run, event = 1000 + math.floor(g / {EVENTS_PER_RUN}), g % {EVENTS_PER_RUN}
   return wrk.format("GET", "/v1/events/" .. run .. "/" .. event)
 end
 """
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
         f.write(script)
     try:
-        out = subprocess.run(
+        run = subprocess.run(
             ["wrk", "-t2", f"-c{connections}", f"-d{seconds:.0f}s", "-s", f.name, base],
             capture_output=True,
             text=True,
             check=True,
-        ).stdout
+        )
     finally:
         os.unlink(f.name)
+    if run.stderr.strip():
+        raise SystemExit(f"bench: wrk failed: {run.stderr.strip()[:300]}")
+    out = run.stdout
     if "Non-2xx" in out:
         # 404s are answers too (none here: every event exists), but say so.
         log("wrk: " + next(line for line in out.splitlines() if "Non-2xx" in line).strip())
