@@ -502,8 +502,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="report raw files' events to the service (write token; no database needed)",
         description="Upload raw files' indexes over the HTTP API: one CSV per raw file "
         "(<fuid>.csv[.gz], header run_number,event_number,olt_result) or a catalogue CSV "
-        "with a fuid_raw column (as 'eventindex generate' writes), split by file. Files "
-        "already loaded are skipped; failures are retried. Exit codes: 0 all files are in "
+        "with a fuid_raw column (as 'eventindex generate' writes), split by file. A file "
+        "already loaded with the same events counts as already loaded, so a run is resumed "
+        "by running it again; failures are retried. Exit codes: 0 all files are in "
         "the catalogue, 3 some were refused, 1 error, 2 usage.",
     )
     upload.add_arguments(p)

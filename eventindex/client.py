@@ -30,6 +30,7 @@ from functools import partial
 from pathlib import Path
 from types import TracebackType
 from typing import Any
+from urllib.parse import quote
 from uuid import UUID
 
 import httpx
@@ -389,13 +390,13 @@ class EventIndexClient:
         if replace:
             params["replace"] = "true"
         response = await self._request(
-            "PUT", f"/v1/files/{fuid}", params=params, content=body, headers=headers
+            "PUT", f"/v1/files/{_segment(fuid)}", params=params, content=body, headers=headers
         )
         return self._json(response)
 
     async def file_info(self, fuid: str | UUID) -> dict[str, Any] | None:
         """What the catalogue holds of a file (None if it holds none of its events)."""
-        response = await self._request("GET", f"/v1/files/{fuid}")
+        response = await self._request("GET", f"/v1/files/{_segment(fuid)}")
         if response.status_code == 404:
             return None
         return self._json(response)
@@ -422,11 +423,11 @@ class EventIndexClient:
 
     async def close_dataset(self, dataset: str | int) -> dict[str, Any]:
         """End the dataset's filling; its state becomes validated or closed."""
-        response = await self._request("POST", f"/v1/datasets/{dataset}/close")
+        response = await self._request("POST", f"/v1/datasets/{_segment(dataset)}/close")
         return self._json(response)
 
     async def dataset_status(self, dataset: str | int) -> dict[str, Any]:
-        response = await self._request("GET", f"/v1/datasets/{dataset}/status")
+        response = await self._request("GET", f"/v1/datasets/{_segment(dataset)}/status")
         return self._json(response)
 
     @staticmethod
@@ -440,6 +441,12 @@ class EventIndexClient:
 
 
 _JSON_HEADERS = {"content-type": "application/json"}
+
+
+def _segment(value: object) -> str:
+    """A value as one path segment: a name holding "/" or ".." cannot reach another path."""
+    text = quote(str(value), safe="")
+    return text.replace(".", "%2E") if text in (".", "..") else text
 
 
 def upload_body(events: Iterable[tuple[int, int, int]]) -> bytes:

@@ -208,6 +208,16 @@ class Settings(BaseSettings):
     upload_committers: Annotated[int, Field(ge=1, le=16)] = Field(
         default=2, description="group commits that may run at once (each holds a connection)"
     )
+    upload_max_events: Annotated[int, Field(ge=1)] = Field(
+        default=2_000_000,
+        description="most events one uploaded file may hold (raw files hold 1,000-10,000); "
+        "else 413",
+    )
+    upload_timeout: Annotated[float, Field(gt=0)] = Field(
+        default=900.0,
+        description="seconds a client has to send a whole upload body (besides "
+        "stream_idle_timeout between its pieces); else 408",
+    )
 
     @field_validator("read_database_urls", mode="before")
     @classmethod

@@ -177,6 +177,9 @@ def database_problem(exc: BaseException) -> Problem | None:
             "Invalid value",
             f"A value in the request is not acceptable: {str(exc).splitlines()[0]}",
         )
+    if isinstance(exc, asyncpg.ObjectNotInPrerequisiteStateError):
+        # The database's own refusal of events of a closed dataset (migration 0007).
+        return Problem(409, "dataset-closed", "Dataset closed", str(exc).splitlines()[0])
     if isinstance(exc, asyncpg.QueryCanceledError):
         return Problem(
             503,

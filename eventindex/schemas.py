@@ -276,7 +276,8 @@ class ConsistencyReport(BaseModel):
     problems: int
 
 
-DATASET_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:+@/-]{0,199}$"
+# No "/": a name is a path segment of the API (/v1/datasets/{name}/close).
+DATASET_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:+@-]{0,199}$"
 
 
 class DatasetRequest(BaseModel):
@@ -286,7 +287,7 @@ class DatasetRequest(BaseModel):
 
     name: str = Field(
         pattern=DATASET_NAME_PATTERN,
-        description="unique name (letters, digits, . _ : + @ / -; not only digits)",
+        description="unique name (letters, digits, . _ : + @ -; not only digits)",
         examples=["spd-run2026-raw"],
     )
     data_type: str = Field(default="raw", min_length=1, max_length=100, examples=["raw"])

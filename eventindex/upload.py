@@ -5,8 +5,9 @@ Files are given as the generator writes them: one CSV per raw file, named by its
 (``<fuid>.csv`` or ``.csv.gz``, header ``run_number,event_number,olt_result``), or a
 catalogue CSV holding many files (header with ``fuid_raw``, as ``eventindex generate``
 writes), which is split by ``fuid_raw`` (each file's rows together, as the generator
-writes them). Files already loaded with the same events are skipped; failures are
-retried with backoff (uploads are idempotent).
+writes them). A file already loaded with the same events is answered "identical" and
+counted as already loaded (the service compares every event, so a run can be resumed by
+running it again); failures are retried with backoff (uploads are idempotent).
 
 Exit codes: 0 every file is in the catalogue; 3 some files were refused (each named on
 stderr); 1 an error (service unreachable, unreadable input); 2 usage.
@@ -80,7 +81,7 @@ def raw_files(path: Path) -> Iterator[RawFile]:
                     f"{path}: the file name is not a raw file's UUID and the file has no "
                     "fuid_raw column"
                 ) from None
-            lines = [",".join(row[i] for i in at) for row in reader if row]
+            lines = [_fields(row, at, path, n) for n, row in enumerate(reader, start=2) if row]
             body = ",".join(EVENT_COLUMNS) + "\n" + "\n".join(lines) + "\n"
             yield RawFile(fuid, str(path), body.encode(), len(lines))
             return
@@ -108,9 +109,16 @@ def raw_files(path: Path) -> Iterator[RawFile]:
                 seen.add(fuid)
                 current, lines = fuid, []
                 dataset = _dataset(row, dsid_at, path, number)
-            lines.append(",".join(row[i] for i in at))
+            lines.append(_fields(row, at, path, number))
         if current is not None:
             yield _raw_file(current, path, lines, dataset)
+
+
+def _fields(row: list[str], at: list[int], path: Path, number: int) -> str:
+    try:
+        return ",".join(row[i] for i in at)
+    except IndexError:
+        raise InputError(f"{path}: line {number}: too few values") from None
 
 
 def _dataset(row: list[str], at: int | None, path: Path, number: int) -> int | None:
@@ -215,9 +223,6 @@ async def upload_one(
         raise InputError(
             f"{raw.source}: file {raw.fuid} is of dataset {raw.dataset}, not {named} ({target})"
         )
-    if await _already_loaded(client, raw):
-        tally.skipped += 1
-        return
     try:
         answer = await client.upload_file(raw.fuid, raw.body, dataset)
     except ProblemError as exc:
@@ -230,14 +235,6 @@ async def upload_one(
     else:
         tally.loaded += 1
         tally.events += raw.events
-
-
-async def _already_loaded(client: EventIndexClient, raw: RawFile) -> bool:
-    try:
-        info = await client.file_info(raw.fuid)
-    except ProblemError:
-        return False  # a write-only token may not read: upload (it is idempotent)
-    return info is not None and info.get("n_events") == raw.events
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -287,8 +287,8 @@ async def test_hostile_requests_get_the_right_answer_and_store_nothing(
     problem(await put(api, new_fuid(), good, dataset="nope"), 404)
     problem(await put(api, new_fuid(), good, headers={"Content-Type": "text/plain"}), 415)
     problem(await put(api, new_fuid(), good, headers={**CSV, "Content-Encoding": "br"}), 415)
-    # A gzip bomb: 200 MB of zeros in ~200 KB; the limit is 1 MiB decoded.
-    bomb = gzip.compress(b"run_number,event_number,olt_result\n" + b"0" * (200 << 20), 1)
+    # A gzip bomb: 200 MB of lines in ~200 KB; the limit is 1 MiB decoded.
+    bomb = gzip.compress(b"run_number,event_number,olt_result\n" + b"5,1,1\n" * (35 << 20), 1)
     problem(await put(api, new_fuid(), bomb, headers={**CSV, "Content-Encoding": "gzip"}), 413)
     problem(
         await put(
@@ -517,3 +517,115 @@ async def test_a_large_file_written_as_it_arrives_is_still_all_or_nothing(
         await api.post("/v1/datasets/prod/close")
         problem(await put(api, new_fuid(), as_csv(events_of(85, 1, 3000))), 409)
     assert await recount(catalogue) == (3000, 1, True)
+
+
+# --- what an attacker tried (the red-team pass) ---
+
+
+async def test_two_uploads_of_one_file_with_other_events_never_both_land(
+    api: httpx.AsyncClient, catalogue: str
+) -> None:
+    await register(api, "prod")
+    await register(api, "other")
+    for k in range(10):
+        fuid = new_fuid()
+        one = put(api, fuid, as_csv(events_of(90 + k, 1, 100)))
+        two = put(api, fuid, as_csv(events_of(90 + k, 500, 100)), dataset="other")
+        answers = sorted(r.status_code for r in await asyncio.gather(one, two))
+        assert answers == [201, 409], answers
+    assert await recount(catalogue) == (10 * 100, 10, True)
+
+
+async def test_a_repeated_line_never_makes_a_subset_identical(
+    api: httpx.AsyncClient, catalogue: str
+) -> None:
+    await register(api, "prod")
+    fuid = new_fuid()
+    assert (await put(api, fuid, as_csv([(95, 1, 1), (95, 2, 1)]))).status_code == 201
+    problem(await put(api, fuid, as_csv([(95, 1, 1), (95, 1, 1)])), 409)
+
+
+async def test_replace_cannot_take_a_file_out_of_a_closed_dataset(
+    api: httpx.AsyncClient, catalogue: str
+) -> None:
+    await register(api, "prod")
+    await register(api, "next")
+    fuid = new_fuid()
+    assert (await put(api, fuid, as_csv(events_of(96, 1, 10)))).status_code == 201
+    assert (await api.post("/v1/datasets/prod/close")).json()["state"] == "validated"
+    before = await snapshot(catalogue)
+    r = await put(api, fuid, as_csv(events_of(96, 1, 5)), dataset="next", replace="true")
+    assert "validated" in problem(r, 409)["detail"]
+    assert await snapshot(catalogue) == before
+
+
+async def test_a_dataset_name_is_one_path_segment(api: httpx.AsyncClient) -> None:
+    for name in ("a/b", "mine/../../datasets/1", "..", " x"):
+        problem(await api.post("/v1/datasets", json={"name": name}), 422)
+
+
+async def test_made_up_credentials_take_no_connection(catalogue: str) -> None:
+    """Forty closes with a made-up token against a pool of two: every one is a 401, none
+    waits for a connection (the credential is checked before one is taken)."""
+    settings = Settings(database_url=catalogue, auth_required=True, pool_max_size=2)
+    async for api in app_client(settings):
+        bogus = {"Authorization": "Bearer ei_" + "x" * 40}
+        answers = await asyncio.gather(
+            *(api.post("/v1/datasets/1/close", headers=bogus) for _ in range(40)),
+            *(api.get("/v1/datasets/1/status", headers=bogus) for _ in range(40)),
+        )
+        assert {r.status_code for r in answers} == {401}
+
+
+async def test_a_write_only_credential_is_not_told_which_file_holds_an_event(
+    catalogue: str,
+) -> None:
+    conn = await asyncpg.connect(catalogue)
+    try:
+        writer, _ = await tokens.create(conn, "producer", ["write"], None)
+        both, _ = await tokens.create(conn, "operator", ["read", "write"], None)
+    finally:
+        await conn.close()
+    async for api in app_client(Settings(database_url=catalogue, auth_required=True)):
+        as_writer = {**CSV, "Authorization": f"Bearer {writer}"}
+        as_both = {**CSV, "Authorization": f"Bearer {both}"}
+        r = await api.post("/v1/datasets", json={"name": "prod"}, headers=as_writer)
+        assert r.status_code == 201
+        held = new_fuid()
+        assert (
+            await put(api, held, as_csv(events_of(97, 1, 10)), headers=as_writer)
+        ).status_code == 201
+        clash = as_csv(events_of(97, 5, 3))
+        blind = problem(await put(api, new_fuid(), clash, headers=as_writer), 409)
+        assert held not in str(blind)
+        assert "line 2: run 97 event 5 is already in another file" in blind["detail"]
+        told = problem(await put(api, new_fuid(), clash, headers=as_both), 409)
+        assert told["other_file"] == held
+        differs = as_csv([(97, 1, 999)])
+        assert (
+            held
+            not in problem(await put(api, held, differs, headers=as_writer), 409)["detail"][60:]
+        )
+        assert (
+            "olt_result 999 here"
+            in problem(await put(api, held, differs, headers=as_both), 409)["detail"]
+        )
+
+
+async def test_limits_on_a_files_size_and_name(catalogue: str) -> None:
+    settings = Settings(database_url=catalogue, upload_max_events=100)
+    async for api in app_client(settings):
+        await register(api, "prod")
+        problem(await put(api, new_fuid(), as_csv(events_of(98, 1, 101))), 413)
+        assert (await put(api, new_fuid(), as_csv(events_of(98, 1, 100)))).status_code == 201
+        nil = "00000000-0000-0000-0000-000000000000"
+        problem(await put(api, nil, as_csv(events_of(98, 500, 1))), 422)
+
+
+async def test_a_new_dataset_takes_a_free_id_even_after_the_largest(
+    api: httpx.AsyncClient,
+) -> None:
+    hog = await api.post("/v1/datasets", json={"name": "hog", "id": 2147483647})
+    assert hog.status_code == 201
+    assert await register(api, "next") == 1
+    assert await register(api, "after") == 2

@@ -283,7 +283,11 @@ async def test_endless_and_stalled_bodies_are_cut_off_and_store_nothing(catalogu
     conn = await asyncpg.connect(catalogue)
     await conn.execute("INSERT INTO datasets (id, name) VALUES (1, 'prod')")
     await conn.close()
-    env = {"EVENTINDEX_UPLOAD_MAX_BYTES": str(1 << 20), "EVENTINDEX_STREAM_IDLE_TIMEOUT": "1"}
+    env = {
+        "EVENTINDEX_UPLOAD_MAX_BYTES": str(1 << 20),
+        "EVENTINDEX_STREAM_IDLE_TIMEOUT": "1",
+        "EVENTINDEX_UPLOAD_TIMEOUT": "4",
+    }
     with run_server(catalogue, **env) as server:
         # Endless: good lines for ever; the answer comes at the limit, not at the end.
         reader, writer = await _chunked_put(server.url, new_fuid())
@@ -314,6 +318,27 @@ async def test_endless_and_stalled_bodies_are_cut_off_and_store_nothing(catalogu
         try:
             status, head = await _answer(reader)
         finally:
+            writer.close()
+        assert status == 408
+        # Trickling: never idle for a second, never done; the whole-body deadline answers.
+        reader, writer = await _chunked_put(server.url, new_fuid())
+        first = b"run_number,event_number,olt_result\n"
+        writer.write(b"%x\r\n%s\r\n" % (len(first), first))
+
+        async def trickle() -> None:
+            event = 1
+            while True:
+                line = b"402,%d,1\n" % event
+                writer.write(b"%x\r\n%s\r\n" % (len(line), line))
+                await writer.drain()
+                event += 1
+                await asyncio.sleep(0.3)
+
+        dripping = asyncio.create_task(trickle())
+        try:
+            status, _ = await _answer(reader)
+        finally:
+            dripping.cancel()
             writer.close()
         assert status == 408
     assert await recount(catalogue) == (0, 0, True)

@@ -78,6 +78,10 @@ def test_other_spellings_of_the_same_events_give_the_same_rows() -> None:
         ("", "the line is empty"),
         ("6,1,1", "not the file's run 5"),
         ("5,١٢,1", "is not a whole number"),
+        ("5,+7,1", "is not a whole number"),
+        ("5,-0,1", "event_number -0 is negative"),
+        ("5,\u00a07,1", "is not a whole number"),
+        ("5," + "0" * 3000 + "7,1", "is not a whole number"),
     ],
 )
 def test_a_bad_line_is_named_by_its_number(line: str, error: str) -> None:
@@ -97,6 +101,10 @@ def test_a_bad_line_is_named_by_its_number(line: str, error: str) -> None:
         ('{"run_number": 5, "event_number": 1}', "olt_result is missing"),
         ('{"run_number": 5, "event_number": 1, "olt_result": 1, "fuid_raw": "x"}', "unknown"),
         ("[5, 1, 1]", "not a JSON object"),
+        ('7{"run_number": 5, "event_number": 1, "olt_result": 1}', "not a JSON object"),
+        ("5,1,1", "not a JSON object"),
+        ('{"run_number": 5, "event_number": "1", "olt_result": 1}', "not a string"),
+        ('{"run_number": 5, "event_number": 1, "olt_result": 1, "olt_result": 2}', "twice"),
         ("{", "not a JSON object"),
     ],
 )
@@ -108,13 +116,33 @@ def test_a_bad_ndjson_line_is_named(line: str, error: str) -> None:
     assert error in caught.value.extra["errors"][0]["error"]
 
 
-def test_every_bad_line_is_counted_and_the_first_fifty_listed() -> None:
+def test_reading_stops_at_the_fiftieth_bad_line() -> None:
     lines = ["5,x,1"] * 120
     body = ("run_number,event_number,olt_result\n" + "\n".join(lines) + "\n").encode()
     with pytest.raises(BodyError) as caught:
         parse(body)
-    assert caught.value.extra["error_count"] == 120
+    assert caught.value.extra["error_count"] == 50
     assert [e["line"] for e in caught.value.extra["errors"]] == list(range(2, 52))
+    assert "reading stopped" in caught.value.detail
+
+
+def test_a_body_is_taken_in_bounded_steps() -> None:
+    """20 MB of bad lines in 20 kB of gzip: the work comes in steps of 64 kB, and stops
+    at the fiftieth bad line."""
+    bomb = gzip.compress(b"run_number,event_number,olt_result\n" + b"x\n" * 10_000_000)
+    steps = 0
+    with RowBuffer(MemoryBudget(1 << 30)) as rows:
+        fb = FileBody(FUID, 7, "csv", rows, gzip=True)
+
+        def take_all() -> None:
+            nonlocal steps
+            for _ in fb.steps(bomb):
+                steps += 1
+
+        with pytest.raises(BodyError):
+            take_all()
+    assert steps <= 2
+    assert fb.decoded <= 2 * 64 * 1024
 
 
 def test_gzip_that_is_not_or_ends_early_is_refused() -> None:

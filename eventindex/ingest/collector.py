@@ -57,6 +57,8 @@ FROM files WHERE fuid_raw = ANY($1::uuid[])
 
 ADD_PARTITIONS = "SELECT events_add_partitions($1::integer[])"
 
+NO_STATEMENT_TIMEOUT = "SET LOCAL statement_timeout = 0"
+
 # Partitions neither detached nor attached under the transaction (a concurrent DETACH
 # waits for it): the same lock an INSERT into ``events`` takes.
 HOLD_PARTITIONS = "LOCK TABLE events IN ROW EXCLUSIVE MODE"
@@ -93,6 +95,7 @@ PROBE_PLAN = "SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off"
 
 COMPARE_STAGE = """
 SELECT count(*) AS n,
+       count(DISTINCT (s.run_number, s.event_number)) AS distinct_n,
        count(*) FILTER (WHERE e.fuid_raw = s.fuid_raw AND e.olt_result = s.olt_result
                               AND e.dsid_raw = s.dsid_raw) AS same
 FROM upload_stage AS s
@@ -110,7 +113,14 @@ ORDER BY s.line
 LIMIT 1
 """
 
-LOCK_FILE = "SELECT pg_advisory_xact_lock(hashtext('eventindex.file.' || $1::text))"
+# One writer per file at a time, whatever the path (group, stream, comparison, replace):
+# the locks are taken in one order, so two groups sharing files cannot deadlock on them.
+LOCK_FILES = """
+SELECT pg_advisory_xact_lock(k)
+FROM (SELECT DISTINCT hashtext('eventindex.file.' || f::text) AS k
+      FROM unnest($1::uuid[]) AS f) AS keys
+ORDER BY k
+"""
 
 DELETE_FILE_EVENTS = """
 DELETE FROM events
@@ -149,6 +159,8 @@ class Upload:
     dataset: Dataset
     principal: str | None
     replace: bool = False
+    # A write-only credential learns that an event is held elsewhere, not where.
+    may_read: bool = True
     started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     future: asyncio.Future[Outcome] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
@@ -263,10 +275,17 @@ class Collector:
         replaced) is read whole and goes the usual way."""
         async with self._stream_slots, self.db.primary.acquire() as conn:
             try:
+                # The run's partition is made (if new) and committed first: the lock that
+                # making one takes would otherwise stop every other new run's upload for
+                # as long as this client takes to send.
                 async with conn.transaction():
+                    await self._leaf(conn, upload)
+                async with conn.transaction():
+                    # The COPY lasts as long as the client sends (within upload_timeout).
+                    await conn.execute(NO_STATEMENT_TIMEOUT)
                     if not await self._take_alone(conn, upload):
                         raise _Usual
-                    table = await self._leaf(conn, upload)
+                    table = await self._leaf(conn, upload)  # held now; made above
                     await copy_unless_lost(
                         conn,
                         conn.copy_to_table(
@@ -283,14 +302,7 @@ class Collector:
                 pass
             except asyncpg.UniqueViolationError as exc:
                 if await self._refuse_duplicate(conn, upload, exc):
-                    upload.refuse(
-                        503,
-                        "file-busy",
-                        "File being loaded",
-                        f"File {upload.fuid} was loaded by another request meanwhile; "
-                        "send it again to have it compared.",
-                        headers={"Retry-After": "1"},
-                    )
+                    upload.refuse(*_busy(upload), headers={"Retry-After": "1"})
                 assert upload.refusal is not None
                 raise upload.refusal from None
             except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
@@ -303,7 +315,8 @@ class Collector:
             else:
                 return Outcome("loaded", upload.fuid, upload.dataset, upload.body.count)
         async for chunk in rest:
-            upload.body.feed(chunk)
+            for _ in upload.body.steps(chunk):
+                await asyncio.sleep(0)
         upload.body.finish()
         upload.body.check_digest(digest)
         return await self.submit(upload)
@@ -318,6 +331,7 @@ class Collector:
             )
         if rows[0]["state"] != "open":
             raise BodyError(*_closed(rows[0]))
+        await conn.execute(LOCK_FILES, [upload.fuid])
         return not upload.replace and not await conn.fetch(FILES_PRESENT, [upload.fuid])
 
     async def _leaf(self, conn: Connection, upload: Upload) -> tuple[str, str]:
@@ -427,6 +441,7 @@ class Collector:
             try:
                 async with conn.transaction():
                     todo = await self._open_datasets(conn, group)
+                    await conn.execute(LOCK_FILES, [u.fuid for u in todo])
                     present = {
                         r["fuid_raw"]: r
                         for r in await conn.fetch(FILES_PRESENT, [u.fuid for u in todo])
@@ -563,6 +578,16 @@ class Collector:
             return False
         if holder["fuid_raw"] == upload.fuid:
             return True
+        if not upload.may_read:
+            upload.refuse(
+                409,
+                "event-in-another-file",
+                "Event held by another file",
+                f"{where}run {run} event {event} is already in another file; nothing was loaded.",
+                run_number=run,
+                event_number=event,
+            )
+            return False
         upload.refuse(
             409,
             "event-in-another-file",
@@ -591,6 +616,7 @@ class Collector:
         """An upload of a file the catalogue holds: the same events, or a conflict."""
         assert file_row is not None
         async with conn.transaction():
+            await conn.execute(LOCK_FILES, [upload.fuid])
             await conn.execute(CREATE_COMPARE_STAGE)
             await conn.execute(PROBE_PLAN)
             await copy_unless_lost(
@@ -606,7 +632,7 @@ class Collector:
             counts = await conn.fetchrow(COMPARE_STAGE)
             assert counts is not None
             held = int(file_row["n_events"])
-            if counts["same"] == counts["n"] == held:
+            if counts["same"] == counts["n"] == counts["distinct_n"] == held:
                 upload.answer(Outcome("identical", upload.fuid, upload.dataset, held))
                 return
             diff = await conn.fetchrow(FIRST_DIFFERENCE)
@@ -614,7 +640,7 @@ class Collector:
             f"File {upload.fuid} is already loaded with {held} events in dataset "
             f"{file_row['dsid_raw']}; this upload has {upload.body.count}"
         )
-        if diff is not None:
+        if diff is not None and upload.may_read:
             line = int(diff["line"]) + upload.body.first_line - 1
             detail += f"; line {line} (run {diff['run_number']} event {diff['event_number']}) "
             if diff["their_fuid"] is None:
@@ -628,7 +654,7 @@ class Collector:
                     f"has olt_result {diff['olt_result']} here, {diff['their_olt']} in the "
                     "catalogue"
                 )
-        else:
+        elif diff is None:
             detail += f"; the loaded file has {held - int(counts['same'])} events it lacks"
         detail += ". Replacing a file needs the admin scope and ?replace=true."
         upload.refuse(409, "file-differs", "File already loaded with other events", detail)
@@ -640,9 +666,16 @@ class Collector:
 
     async def _replace_in_transaction(self, conn: Connection, upload: Upload) -> None:
         async with conn.transaction():
-            await conn.execute(LOCK_FILE, str(upload.fuid))
+            await conn.execute(LOCK_FILES, [upload.fuid])
             old = await conn.fetch(FILES_PRESENT, [upload.fuid])
             row = old[0] if old else None
+            # Both the dataset the file leaves and the one it goes to must be open: a
+            # closed dataset loses no file either (their rows locked until commit).
+            touched = {upload.dataset.id} | ({row["dsid_raw"]} if row is not None else set())
+            for dataset in await conn.fetch(LOCK_DATASETS, sorted(touched)):
+                if dataset["state"] != "open":
+                    upload.refuse(*_closed(dataset))
+                    raise _Undo
             if row is not None:
                 await conn.execute(
                     DELETE_FILE_EVENTS,
@@ -664,7 +697,8 @@ class Collector:
                 async with conn.transaction():
                     await self._copy(conn, [upload])
             except asyncpg.UniqueViolationError as exc:
-                await self._refuse_duplicate(conn, upload, exc)
+                if await self._refuse_duplicate(conn, upload, exc):
+                    upload.refuse(*_busy(upload), headers={"Retry-After": "1"})
                 raise _Undo from None
             await self._record(conn, [upload])
         upload.answer(
@@ -728,9 +762,9 @@ async def _drained(
     for piece in body.rows.take():
         yield piece
     async for chunk in rest:
-        body.feed(chunk)
-        for piece in body.rows.take():
-            yield piece
+        for _ in body.steps(chunk):
+            for piece in body.rows.take():
+                yield piece
     body.finish()
     body.check_digest(digest)
     for piece in body.rows.take():
@@ -756,6 +790,16 @@ def _rows_of(uploads: list[Upload]) -> Iterator[bytes]:
 async def _aiter(chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
     for piece in chunks:
         yield piece
+
+
+def _busy(upload: Upload) -> tuple[int, str, str, str]:
+    return (
+        503,
+        "file-busy",
+        "File being loaded",
+        f"File {upload.fuid} was written by another request meanwhile; send it again to "
+        "have it compared.",
+    )
 
 
 def _closed(row: asyncpg.Record) -> tuple[int, str, str, str]:

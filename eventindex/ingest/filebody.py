@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import os
 import re
 import tempfile
@@ -24,8 +25,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any, Literal
 from uuid import UUID
-
-import orjson
 
 from eventindex.config import MAX_EVENT_NUMBER, MAX_RUN_NUMBER
 from eventindex.pairs import check_number
@@ -42,17 +41,35 @@ Format = Literal["csv", "ndjson"]
 # zeros and short enough to be in range whatever their digits; longer ones go the slow way.
 _CSV_BLOCK = re.compile(rb"(?:(?:0|[1-9]\d{0,8}),(?:0|[1-9]\d{0,17}),(?:0|[1-9]\d{0,8})\n)*")
 _NDJSON_LINE = re.compile(
-    rb'\{[ \t]*"run_number"[ \t]*:[ \t]*(0|[1-9]\d{0,8})[ \t]*,'
+    rb'^\{[ \t]*"run_number"[ \t]*:[ \t]*(0|[1-9]\d{0,8})[ \t]*,'
     rb'[ \t]*"event_number"[ \t]*:[ \t]*(0|[1-9]\d{0,17})[ \t]*,'
-    rb'[ \t]*"olt_result"[ \t]*:[ \t]*(0|[1-9]\d{0,8})[ \t]*\}[ \t]*\n'
+    rb'[ \t]*"olt_result"[ \t]*:[ \t]*(0|[1-9]\d{0,8})[ \t]*\}[ \t]*\n',
+    re.M,
 )
 _MAXIMA = {
     "run_number": MAX_RUN_NUMBER,
     "event_number": MAX_EVENT_NUMBER,
     "olt_result": MAX_OLT_RESULT,
 }
+_CSV_NUMBER = re.compile(r"[ \t]*(-?)[0-9]{1,25}[ \t]*")
 _DIGEST_ITEM = re.compile(r"^\s*([a-z0-9-]+)\s*=\s*:([A-Za-z0-9+/=]*):\s*$")
-_INFLATE_STEP = 1 << 20
+# Decoded bytes handled at a time: a few milliseconds of work, after which the caller
+# lets the event loop run (a 20 kB gzip body can hold 20 MB of lines).
+STEP = 64 * 1024
+# A line of a file's index is a few dozen bytes: anything longer is not one.
+MAX_LINE = 4096
+
+
+def _no_repeated_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [k for k, _ in pairs]
+    for key in keys:
+        if keys.count(key) > 1:
+            raise ValueError(f"field {key!r} is given twice")
+    return dict(pairs)
+
+
+def _kind(value: object) -> str:
+    return "a string" if isinstance(value, str) else type(value).__name__
 
 
 class BodyError(Exception):
@@ -200,6 +217,7 @@ class FileBody:
     rows: RowBuffer
     gzip: bool = False
     max_bytes: int = 1 << 30
+    max_events: int = 2_000_000
     received: int = 0
     decoded: int = 0
     count: int = 0
@@ -233,21 +251,30 @@ class FileBody:
     # --- receiving ---
 
     def feed(self, data: bytes) -> None:
+        for _ in self.steps(data):
+            pass
+
+    def steps(self, data: bytes) -> Iterator[None]:
+        """Take a piece of the body as sent, a bounded step of work at a time (the
+        caller gives the event loop its turn between steps)."""
         self.received += len(data)
         if self.received > self.max_bytes:
             raise self._too_large()
         self._sha256.update(data)
         if self._inflate is None:
-            self._decoded(data)
+            for start in range(0, len(data), STEP):
+                self._decoded(data[start : start + STEP])
+                yield
             return
         while data:
             try:
-                out = self._inflate.decompress(data, _INFLATE_STEP)
+                out = self._inflate.decompress(data, STEP)
             except zlib.error as exc:
                 raise BodyError(
                     400, "bad-encoding", "Body is not gzip", f"The gzip body is corrupt: {exc}."
                 ) from None
             self._decoded(out)
+            yield
             data = self._inflate.unconsumed_tail
             if self._inflate.eof and self._inflate.unused_data:
                 # Another gzip member follows (as `cat a.gz b.gz` makes).
@@ -295,6 +322,16 @@ class FileBody:
                 "on the way; nothing was loaded.",
             )
 
+    def _check_count(self) -> None:
+        if self.count > self.max_events:
+            raise BodyError(
+                413,
+                "upload-too-large",
+                "Upload too large",
+                f"The file holds more than {self.max_events:,} events; nothing was loaded.",
+                headers={"Connection": "close"},
+            )
+
     def _too_large(self) -> BodyError:
         return BodyError(
             413,
@@ -313,19 +350,20 @@ class FileBody:
         data = self._rest + data
         cut = data.rfind(b"\n") + 1
         self._rest = data[cut:]
-        if len(self._rest) > 1 << 20:
-            self._error(self._line + 1, "the line is longer than 1 MiB")
-            raise self._invalid_now()
         if cut:
             self._lines(data[:cut])
+        if len(self._rest) > MAX_LINE:
+            self._error(self._line + 1, f"the line is longer than {MAX_LINE} bytes")
+            raise self._invalid_now()
 
     def _invalid_now(self) -> BodyError:
         first = self.errors[0]
+        more = f" (and {len(self.errors) - 1} more bad lines)" if len(self.errors) > 1 else ""
         return BodyError(
             422,
             "invalid-lines",
             "Invalid lines",
-            f"line {first.line}: {first.error}; nothing was loaded.",
+            f"line {first.line}: {first.error}{more}; reading stopped there; nothing was loaded.",
             errors=[{"line": e.line, "error": e.error} for e in self.errors],
             error_count=self.error_count,
         )
@@ -346,8 +384,9 @@ class FileBody:
         n = block.count(b"\n")
         canonical = self._header == COLUMNS and not self.errors
         if canonical and self.fmt == "ndjson":
-            converted = _NDJSON_LINE.sub(rb"\1,\2,\3\n", block)
-            if _CSV_BLOCK.fullmatch(converted) and self._one_run(converted, n):
+            # Every line one whole object (a CSV line left as it was is not NDJSON).
+            converted, replaced = _NDJSON_LINE.subn(rb"\1,\2,\3\n", block)
+            if replaced == n and _CSV_BLOCK.fullmatch(converted) and self._one_run(converted, n):
                 self._accept(converted, n)
                 return
         elif canonical and _CSV_BLOCK.fullmatch(block) and self._one_run(block, n):
@@ -379,6 +418,7 @@ class FileBody:
     def _accept(self, rows: bytes, n: int) -> None:
         self._line += n
         self.count += n
+        self._check_count()
         self.rows.write(rows.replace(b"\n", self._suffix))
 
     def _slowly(self, block: bytes) -> None:
@@ -401,6 +441,7 @@ class FileBody:
                 )
                 continue
             self.count += 1
+            self._check_count()
             if not self.errors:
                 out.append(b"%d,%d,%d" % (run, event, olt) + self._suffix)
         if out and not self.errors:
@@ -408,8 +449,10 @@ class FileBody:
 
     def _error(self, line: int, message: str) -> None:
         self.error_count += 1
-        if len(self.errors) < MAX_LISTED_ERRORS:
-            self.errors.append(LineError(line, message))
+        self.errors.append(LineError(line, message))
+        if len(self.errors) >= MAX_LISTED_ERRORS:
+            # Enough to go on: reading further would only cost the service time.
+            raise self._invalid_now()
 
     def _parse(self, raw: bytes) -> tuple[int, int, int]:
         if not raw.strip():
@@ -421,11 +464,15 @@ class FileBody:
         assert self._header is not None
         if self.fmt == "ndjson":
             try:
-                item = orjson.loads(text)
-            except orjson.JSONDecodeError:
+                item = json.loads(text, object_pairs_hook=_no_repeated_keys)
+            except json.JSONDecodeError:
                 raise ValueError("the line is not a JSON object") from None
             if not isinstance(item, dict):
                 raise ValueError("the line is not a JSON object")
+            for name in COLUMNS:
+                value = item.get(name)
+                if name in item and (isinstance(value, bool) or not isinstance(value, int)):
+                    raise ValueError(f"{name} must be a whole number, not {_kind(value)}")
             unknown = sorted(set(item) - set(COLUMNS))
             if unknown:
                 raise ValueError(f"unknown field {unknown[0]!r} (expected {', '.join(COLUMNS)})")
@@ -445,6 +492,12 @@ class FileBody:
             for name, value in zip(COLUMNS, values, strict=True):
                 if not value.strip():
                     raise ValueError(f"{name} is missing")
+                number = _CSV_NUMBER.fullmatch(value)
+                if number is None:
+                    shown = value if len(value) <= 40 else value[:40] + "..."
+                    raise ValueError(f"{name} {shown!r} is not a whole number (digits 0-9)")
+                if number[1]:
+                    raise ValueError(f"{name} {value.strip()} is negative")
         run, event, olt = (
             check_number(v, c, _MAXIMA[c]) for v, c in zip(values, COLUMNS, strict=True)
         )

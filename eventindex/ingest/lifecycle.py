@@ -33,12 +33,16 @@ LEFT JOIN LATERAL (
 WHERE d.id = $1
 """
 
-# Registrations are rare: one at a time, so that a new id is the next free one.
+# Registrations are rare: one at a time, so that a new id is the next free one (the first
+# free id after a taken one: a registration that took the largest id blocks nobody).
 LOCK_REGISTRATIONS = "SELECT pg_advisory_xact_lock(hashtext('eventindex.datasets'))"
 
 REGISTER = """
 INSERT INTO datasets (id, name, data_type, description, files_expected)
-VALUES (coalesce($1, (SELECT coalesce(max(id) + 1, 1) FROM datasets)), $2, $3, $4, $5)
+VALUES (coalesce($1, (SELECT coalesce(min(d.id) + 1, 1) FROM datasets AS d
+                        WHERE d.id < 2147483647
+                          AND NOT EXISTS (SELECT 1 FROM datasets AS n WHERE n.id = d.id + 1))),
+        $2, $3, $4, $5)
 ON CONFLICT DO NOTHING
 RETURNING id
 """

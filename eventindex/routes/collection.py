@@ -16,7 +16,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.requests import ClientDisconnect
 
 from eventindex.auth import Principal, require
-from eventindex.deps import CollectorDep, DatabaseDep, SettingsDep, WriteConnection
+from eventindex.deps import CollectorDep, DatabaseDep, SettingsDep
 from eventindex.ingest import lifecycle
 from eventindex.ingest.collector import Dataset, Upload
 from eventindex.ingest.filebody import (
@@ -119,6 +119,10 @@ async def put_file(
             "Forbidden",
             f"'{principal.name}' lacks the 'admin' scope that replacing a file needs.",
         )
+    if fuid.int == 0:
+        raise Problem(
+            422, "nil-uuid", "Nil UUID", "The nil UUID names no file; nothing was loaded."
+        )
     fmt = _format(request)
     coding = request.headers.get("content-encoding", "identity").strip().lower()
     if coding not in ("identity", "gzip", "x-gzip"):
@@ -153,13 +157,15 @@ async def put_file(
             rows,
             gzip=coding != "identity",
             max_bytes=settings.upload_max_bytes,
+            max_events=settings.upload_max_events,
         )
         name = principal.name if principal.kind != "open" else None
-        upload = Upload(body, target, name, replace)
-        chunks = _body_chunks(request, settings.stream_idle_timeout)
+        upload = Upload(body, target, name, replace, may_read="read" in principal.scopes)
+        chunks = _body_chunks(request, settings.stream_idle_timeout, settings.upload_timeout)
         try:
             async for chunk in chunks:
-                body.feed(chunk)
+                for _ in body.steps(chunk):
+                    await asyncio.sleep(0)
                 # A large file is written while it arrives (when a slot is free).
                 large = body.count > settings.upload_group_rows and not body.errors
                 if large and await collector.streamable():
@@ -209,12 +215,15 @@ def _too_large(limit: int) -> BodyError:
     )
 
 
-async def _body_chunks(request: Request, idle: float) -> AsyncGenerator[bytes, None]:
-    """The body as it arrives; a client silent for ``idle`` seconds gets 408."""
+async def _body_chunks(request: Request, idle: float, total: float) -> AsyncGenerator[bytes, None]:
+    """The body as it arrives; a client silent for ``idle`` seconds, or still sending
+    after ``total``, gets 408."""
     stream = request.stream().__aiter__()
+    deadline = asyncio.get_running_loop().time() + total
     while True:
+        left = deadline - asyncio.get_running_loop().time()
         try:
-            async with asyncio.timeout(idle):
+            async with asyncio.timeout(min(idle, left)):
                 chunk = await anext(stream)
         except StopAsyncIteration:
             return
@@ -231,7 +240,8 @@ async def _body_chunks(request: Request, idle: float) -> AsyncGenerator[bytes, N
                 408,
                 "body-timeout",
                 "Request body too slow",
-                f"No part of the body arrived for {idle:g} seconds; nothing was loaded.",
+                f"No part of the body arrived for {idle:g} seconds, or it was not whole "
+                f"within {total:g} seconds; nothing was loaded.",
                 headers={"Connection": "close"},
             ) from None
         if chunk:
@@ -307,12 +317,13 @@ def _shown(dataset: dict[str, Any]) -> Any:
     responses=problem_responses(401, 403, 404, 422, 503),
 )
 async def close_dataset(
-    dataset: DatasetRef,
-    conn: WriteConnection,
-    _: Annotated[Principal, WRITE],
+    dataset: DatasetRef, db: DatabaseDep, _: Annotated[Principal, WRITE]
 ) -> Response:
-    found = await lifecycle.resolve(conn, dataset)
-    closed = await lifecycle.close(conn, found["id"])
+    # The connection is taken only now, after the credential's check: a request with a
+    # made-up token never holds one.
+    async with db.connection() as conn:
+        found = await lifecycle.resolve(conn, dataset)
+        closed = await lifecycle.close(conn, found["id"])
     return _json(_shown(closed), 200)
 
 
@@ -320,9 +331,12 @@ async def close_dataset(
     "/datasets/{dataset}/status",
     response_model=DatasetStatus,
     summary="A dataset's state, files loaded and files expected",
-    dependencies=[Depends(require("read"))],
     responses=problem_responses(401, 403, 404, 422, 503),
 )
-async def dataset_status(dataset: DatasetRef, conn: WriteConnection) -> Response:
-    found = await lifecycle.resolve(conn, dataset)
-    return _json(_shown(await lifecycle.status(conn, found["id"])), 200)
+async def dataset_status(
+    dataset: DatasetRef, db: DatabaseDep, _: Annotated[Principal, Depends(require("read"))]
+) -> Response:
+    async with db.connection(read=True) as conn:
+        found = await lifecycle.resolve(conn, dataset)
+        status = await lifecycle.status(conn, found["id"])
+    return _json(_shown(status), 200)
