@@ -521,7 +521,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--ssl-certfile", help="serve HTTPS with this certificate (PEM)")
     p.add_argument("--ssl-keyfile", help="the certificate's private key (PEM)")
-    p.add_argument("--ssl-ca-certs", help="CA bundle to verify client certificates against")
+    p.add_argument(
+        "--ssl-ca-certs",
+        help="CA bundle (or directory of hashed CA certificates) to verify client certificates "
+        "and their RFC 3820 proxies against",
+    )
     p.add_argument(
         "--demo",
         action="store_true",
