@@ -90,6 +90,22 @@ def _retry_after(response: httpx.Response) -> float | None:
         return None
 
 
+def _tls_refusal(exc: BaseException) -> str | None:
+    """Why TLS failed, when no retry can mend it: this side does not trust the server's
+    certificate, or the server refused this side's with an alert that arrived (over TLS 1.3
+    a refused client certificate often looks like a closed connection, which is retried)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return f"the server's certificate is not trusted here ({seen.verify_message})"
+        if isinstance(seen, ssl.SSLError) and any(
+            word in (seen.reason or "") for word in ("CERTIFICATE", "UNKNOWN_CA")
+        ):
+            return f"the server refused this client's certificate ({seen.reason})"
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 def _problem_error(status: int, body: bytes) -> ProblemError:
     try:
         problem = orjson.loads(body)
@@ -163,6 +179,7 @@ class _ChunkFetch:
                     if self.delivered < len(self.pairs):
                         raise _Retry("the answer ended early")
                 except (httpx.TransportError, _Retry) as exc:
+                    self.client._refuse_tls(exc)
                     if isinstance(exc, _RetryAfter):
                         await self._deliver(exc.answered)
                     failures = 0 if self.delivered > before else failures + 1
@@ -293,6 +310,11 @@ class EventIndexClient:
             raise RuntimeError("use the client as 'async with EventIndexClient(...) as client'")
         return self._http
 
+    def _refuse_tls(self, exc: BaseException) -> None:
+        reason = _tls_refusal(exc)
+        if reason is not None:
+            raise EventIndexError(f"TLS with {self.base_url} failed: {reason}") from exc
+
     async def _pause(self, failures: int, retry_after: float | None, cause: BaseException) -> None:
         if failures > self.retries:
             raise UnavailableError(
@@ -311,6 +333,7 @@ class EventIndexClient:
             try:
                 response = await self.http.request(method, path, **kwargs)
             except httpx.TransportError as exc:
+                self._refuse_tls(exc)
                 failures += 1
                 await self._pause(failures, None, exc)
                 continue

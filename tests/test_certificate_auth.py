@@ -429,6 +429,9 @@ def test_pick_uses_x509_user_proxy(database_url: str, grid: Grid, service: Servi
     assert by_option.returncode == 0, by_option.stderr
     untrusted = pick("--cert", str(proxy_file))  # the test CA is not a default CA
     assert untrusted.returncode == 1
+    # At once, not after retries: no retry mends a certificate.
+    assert untrusted.stderr.count("\n") == 1, untrusted.stderr
+    assert "the server's certificate is not trusted here" in untrusted.stderr
     missing = pick("--cert", str(grid.files / "nothing.pem"), "--ca", str(grid.ca_file))
     assert missing.returncode == 1
     assert missing.stderr.strip().splitlines() == [
