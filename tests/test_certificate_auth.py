@@ -75,6 +75,8 @@ def serve(
         "EVENTINDEX_DATABASE_URL": database_url,
         "EVENTINDEX_PORT": str(port),
         "EVENTINDEX_MODE": "production",
+        # One process: rate-limit buckets and TLS session caches are each worker's own.
+        "EVENTINDEX_WORKERS": "1",
         "EVENTINDEX_CERT_MAX_PROXY_DEPTH": "2",
         **(extra or {}),
     }
