@@ -1,6 +1,7 @@
 """Grid certificates as identities, against a real uvicorn over TLS: mapped user certificates
-and their RFC 3820 proxies, refusals, the bearer beside a certificate, the subject header of a
-trusted proxy, the rate limit, and the client side (EventIndexClient, eventindex pick)."""
+and their RFC 3820 proxies, refusals, scopes (reading, writing, administering), the bearer
+beside a certificate, the subject header of a trusted proxy, the rate limit, and the client side
+(EventIndexClient, eventindex pick and datasets)."""
 
 from __future__ import annotations
 
@@ -479,3 +480,51 @@ def test_the_cert_command_says_what_is_wrong_in_one_line(database_url: str) -> N
     assert line.endswith("\tCN=Olga,O=JINR")
     # Revoked, the subject may be mapped again (under a new name).
     cert_add(database_url, "olga-2", "/O=JINR/CN=Olga", "read")
+
+
+def test_writing_takes_the_write_scope_and_datasets_present_the_proxy(
+    catalogue: str, grid: Grid
+) -> None:
+    """A read-scoped certificate cannot write (403); a production robot's proxy, mapped with
+    write, registers a dataset through ``eventindex datasets`` (the upload commands' options)."""
+    cert_add(catalogue, "petr", "CN=Petr Reader,OU=LIT,O=JINR,C=RU", "read")
+    cert_add(catalogue, "spd-robot", "/C=RU/O=JINR/OU=robots/CN=spd-production", "read", "write")
+    reader = grid.user("Petr Reader")
+    robot = grid.ca.user(dn(("C", "RU"), ("O", "JINR"), ("OU", "robots"), ("CN", "spd-production")))
+    with serve(catalogue, grid) as service:
+        context = grid.context(grid.ca.proxy(reader), "petr-proxy")
+        with httpx.Client(base_url=service.url, verify=context, timeout=10) as client:
+            put = client.put(
+                f"/v1/files/{fuid_of(100, 1)}",
+                content=b"run_number,event_number,olt_result\n100,1,1\n",
+                headers={"content-type": "text/csv"},
+            )
+            assert put.status_code == 403, put.text
+            assert "'petr' lacks the 'write' scope" in put.json()["detail"]
+            made = client.post("/v1/datasets", json={"name": "spd.petr"})
+            assert made.status_code == 403, made.text
+
+        def datasets(proxy: Path, *args: str) -> subprocess.CompletedProcess[str]:
+            clean = {
+                k: v for k, v in os.environ.items() if not k.startswith(("X509_", "EVENTINDEX_"))
+            }
+            return subprocess.run(
+                [sys.executable, "-m", "eventindex", "datasets", *args],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+                env={**clean, "X509_USER_PROXY": str(proxy)},
+            )
+
+        service_options = ("--url", service.url, "--ca", str(grid.ca_file))
+        robot_proxy = grid.ca.proxy(robot).write_proxy(grid.files, "x509up_robot")
+        created = datasets(robot_proxy, "create", "spd.certs.test", *service_options)
+        assert created.returncode == 0, created.stderr
+        assert "spd.certs.test" in created.stdout
+        reader_proxy = grid.ca.proxy(reader).write_proxy(grid.files, "x509up_petr")
+        refused = datasets(reader_proxy, "create", "spd.petr", *service_options)
+        assert refused.returncode == 1
+        assert "'petr' lacks the 'write' scope" in refused.stderr
+        shown = datasets(reader_proxy, "show", "spd.certs.test", *service_options)
+        assert shown.returncode == 0, shown.stderr
