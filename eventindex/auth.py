@@ -32,7 +32,7 @@ from eventindex.certs import USE_MAPPING
 from eventindex.config import Settings
 from eventindex.db import Database
 from eventindex.jwks import JwksCache, KeysUnavailable, UnknownKey
-from eventindex.middleware.clientcert import certificate_subject
+from eventindex.middleware.clientcert import certificate_from_another_site, certificate_subject
 from eventindex.middleware.ratelimit import charge_of
 from eventindex.problems import Problem
 from eventindex.tokens import SCOPES, TOKEN_PREFIX, USE_TOKEN, token_digest
@@ -245,6 +245,12 @@ def require(scope: str) -> Callable[..., Awaitable[Principal]]:
                     f"The certificate subject '{subject}' has no live mapping here (unmapped, "
                     "expired or revoked): ask an administrator to map it, or send a bearer "
                     "token."
+                )
+            if certificate_from_another_site(request.scope):
+                raise _unauthorized(
+                    "A client certificate does not authenticate a request from another site's "
+                    "page (the browser sends it by itself); send a bearer token.",
+                    "invalid_request",
                 )
             raise _unauthorized(
                 "This service needs a credential: a bearer token, or a client certificate "

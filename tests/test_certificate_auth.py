@@ -528,3 +528,32 @@ def test_writing_takes_the_write_scope_and_datasets_present_the_proxy(
         assert "'petr' lacks the 'write' scope" in refused.stderr
         shown = datasets(reader_proxy, "show", "spd.certs.test", *service_options)
         assert shown.returncode == 0, shown.stderr
+
+
+def test_another_sites_page_cannot_use_a_visitors_certificate(
+    database_url: str, grid: Grid, service: Service
+) -> None:
+    """A browser presents its certificate to every page's requests, as it sends cookies: a
+    request it marks as another site's is anonymous (no CSRF with a visitor's certificate)."""
+    quinn = grid.user("Quinn Browser")
+    cert_add(database_url, "quinn", "CN=Quinn Browser,OU=LIT,O=JINR,C=RU", "read")
+    token = new_token(database_url, "quinn-token", "read")
+    context = grid.context(quinn, "quinn")
+    for headers, status in (
+        ({}, 200),
+        ({"sec-fetch-site": "same-origin"}, 200),
+        ({"sec-fetch-site": "none"}, 200),  # typed in the address bar
+        ({"origin": service.url}, 200),
+        ({"sec-fetch-site": "cross-site"}, 401),
+        ({"sec-fetch-site": "same-site"}, 401),
+        ({"sec-fetch-site": "cross-site", "origin": service.url}, 401),
+        ({"origin": "https://evil.example"}, 401),
+        ({"origin": "null"}, 401),
+    ):
+        answer = get(service.url, context, headers=headers)
+        assert answer.status_code == status, (headers, answer.text)
+        if status == 401:
+            refused(answer, "another site's page")
+    # A bearer credential is not ambient: it is taken from any page.
+    crossing = {"sec-fetch-site": "cross-site", **bearer(token)}
+    assert get(service.url, context, headers=crossing).status_code == 200

@@ -229,3 +229,24 @@ def test_the_client_context_presents_the_proxy_and_trusts_the_ca(tmp_path: Path)
         with pytest.raises(clienttls.ClientTlsError) as caught:
             clienttls.ssl_context(**files)
         assert says in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("scheme", "host", "origin", "another"),
+    [
+        ("https", "eventindex.jinr.ru", "https://eventindex.jinr.ru", False),
+        ("https", "eventindex.jinr.ru:443", "https://EventIndex.jinr.ru", False),
+        ("https", "eventindex.jinr.ru", "https://eventindex.jinr.ru:443", False),
+        ("http", "127.0.0.1:8000", "http://127.0.0.1:8000", False),
+        ("https", "eventindex.jinr.ru", "http://eventindex.jinr.ru", True),
+        ("https", "eventindex.jinr.ru", "https://eventindex.jinr.ru.evil.example", True),
+        ("https", "eventindex.jinr.ru", "null", True),
+    ],
+)
+def test_the_origin_is_compared_with_the_service_s_own(
+    scheme: str, host: str, origin: str, another: bool
+) -> None:
+    from eventindex.middleware.clientcert import _from_another_site
+
+    scope = {"scheme": scheme, "headers": [(b"host", host.encode()), (b"origin", origin.encode())]}
+    assert _from_another_site(scope) is another

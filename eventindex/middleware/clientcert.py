@@ -14,6 +14,13 @@ The subject comes from one of two places:
   without it (another server) no header is trusted. A trusted proxy's header wins over the
   connection's own certificate, which is the proxy's.
 
+A certificate is an ambient credential: a browser that holds one presents it to any page's
+requests, as it sends cookies. So a request a browser marks as coming from another site's page
+(``Sec-Fetch-Site`` other than ``same-origin`` or ``none``; without it, an ``Origin`` other than
+the service's own) is not authenticated by its certificate: it is anonymous, and a page
+elsewhere cannot act (map a certificate, close a dataset) with a visitor's certificate.
+Command-line and grid clients send neither header. A bearer credential is never ambient.
+
 Which principal a subject is (if any) is the authenticator's question (``auth.py``).
 """
 
@@ -31,6 +38,7 @@ from eventindex.problems import Problem
 from eventindex.tls import PEER_KEY
 
 CERTIFICATE_KEY = "eventindex.certificate"
+CROSS_SITE_KEY = "eventindex.certificate_cross_site"
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -59,6 +67,32 @@ def certificate_subject(scope: Scope) -> str | None:
     """The canonical subject the request's certificate proves, once this middleware ran."""
     subject: str | None = scope.get(CERTIFICATE_KEY)
     return subject
+
+
+def certificate_from_another_site(scope: Scope) -> bool:
+    """Whether a certificate came with the request but was not used: another site's page."""
+    return bool(scope.get(CROSS_SITE_KEY))
+
+
+def _from_another_site(scope: Scope) -> bool:
+    headers = {k: v for k, v in scope.get("headers", []) if k in (b"sec-fetch-site", b"origin")}
+    site = headers.get(b"sec-fetch-site")
+    if site is not None:
+        return site.strip().lower() not in (b"same-origin", b"none")
+    origin = headers.get(b"origin")
+    if origin is None:
+        return False
+    host = next((v for k, v in scope.get("headers", []) if k == b"host"), b"")
+    scheme = str(scope.get("scheme", "http"))
+    return _origin(origin.decode("latin-1")) != _origin(f"{scheme}://{host.decode('latin-1')}")
+
+
+def _origin(text: str) -> str:
+    text = text.strip().lower()
+    for scheme, port in (("https://", ":443"), ("http://", ":80")):
+        if text.startswith(scheme) and text.endswith(port):
+            return text[: -len(port)]
+    return text
 
 
 def _refused(detail: str) -> Problem:
@@ -98,7 +132,10 @@ class ClientCertificates:
             await problem.response(scope["path"])(scope, receive, send)
             return
         if subject is not None:
-            scope = {**scope, CERTIFICATE_KEY: subject}
+            if _from_another_site(scope):
+                scope = {**scope, CROSS_SITE_KEY: True}
+            else:
+                scope = {**scope, CERTIFICATE_KEY: subject}
         await self.app(scope, receive, send)
 
     def _presented(self, scope: Scope) -> str | None:
