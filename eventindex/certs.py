@@ -160,7 +160,8 @@ def subject_dn(name: x509.Name) -> str:
 
 
 def _value(value: str | bytes) -> str:
-    # Bit-string attributes (x500UniqueIdentifier) are not text: RFC 4514's #hex form.
+    # Bit-string attributes (x500UniqueIdentifier) are not text: their bytes in hex after a
+    # '#' (escaped on writing like any leading '#', so that they match only themselves).
     return value if isinstance(value, str) else "#" + value.hex()
 
 
@@ -174,8 +175,6 @@ def _write(rdns: Sequence[Rdn]) -> str:
 
 
 def _escape(value: str) -> str:
-    if value.startswith("#") and not _hex_string(value):
-        value = "\\" + value
     out = []
     for ch in value:
         if ch in ',+"\\<>;':
@@ -185,15 +184,11 @@ def _escape(value: str) -> str:
         else:
             out.append(ch)
     text = "".join(out)
-    if text.startswith(" "):
+    if text.startswith((" ", "#")):
         text = "\\" + text
     if text.endswith(" ") and not text.endswith("\\ "):
         text = text[:-1] + "\\ "
     return text
-
-
-def _hex_string(value: str) -> bool:
-    return re.fullmatch(r"#(?:[0-9a-f]{2})+", value) is not None
 
 
 def _oid(name: str, where: str) -> str:

@@ -56,6 +56,9 @@ def test_values_keep_their_case_and_specials() -> None:
     assert certs.canonical_dn(r"/O=X/CN=Caf\xC3\xA9") == "CN=Café,O=X"
     assert certs.canonical_dn("/O=X/CN=a+UID=b") == certs.canonical_dn("CN=a+UID=b,O=X")
     assert certs.canonical_dn("/O=X/emailAddress=a@b.ru") == "emailAddress=a@b.ru,O=X"
+    assert certs.canonical_dn("/O=X/CN=#1") == certs.canonical_dn(r"CN=\#1,O=X")
+    assert certs.canonical_dn("/O=X/CN=#1") == r"CN=\#1,O=X"
+    assert certs.canonical_dn(r"CN=a\ ,O=X") == r"CN=a\ ,O=X"  # an escaped trailing space
     assert certs.canonical_dn("/O=X/E=a@b.ru") == "emailAddress=a@b.ru,O=X"
     subject = dn(("O", "X"), ("CN", "Ivanov, Ivan+1 <x>"), ("emailAddress", "a@b.ru"))
     assert certs.subject_dn(subject) == (r"emailAddress=a@b.ru,CN=Ivanov\, Ivan\+1 \<x\>,O=X")
