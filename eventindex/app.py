@@ -19,13 +19,14 @@ from eventindex.db import Database
 from eventindex.ingest.collector import Collector
 from eventindex.metrics import Metrics
 from eventindex.middleware.bodylimits import BodyLimits
+from eventindex.middleware.clientcert import ClientCertificates, trusted_networks
 from eventindex.middleware.hostcheck import LoopbackHostsOnly
 from eventindex.middleware.ratelimit import RateLimit, RateLimiter
 from eventindex.middleware.requestlog import RequestLog
 from eventindex.middleware.secheaders import SecurityHeaders
 from eventindex.problems import install_handlers
 from eventindex.routes import admin, browse, collection, events, health, prometheus, web
-from eventindex.routes.admin import TokenRequest
+from eventindex.routes.admin import CertificateRequest, TokenRequest
 from eventindex.schemas import DatasetRequest, LookupRequest, ProblemDetail
 
 log = logging.getLogger("eventindex")
@@ -86,6 +87,13 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.metrics = metrics
     install_handlers(app)
+    # Inside the rate limit: a refused certificate has paid for its request.
+    app.add_middleware(
+        ClientCertificates,
+        max_proxies=settings.cert_max_proxy_depth,
+        subject_header=settings.cert_subject_header,
+        trusted=trusted_networks(settings.forwarded_allow_ips),
+    )
     if settings.rate_limit_per_second > 0:
         limiter = RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst)
         app.add_middleware(RateLimit, limiter=limiter)
@@ -97,6 +105,7 @@ def create_app(settings: Settings) -> FastAPI:
         # An open service has nobody to give tokens to: its tokens (for the day it is
         # served with authentication) are made with the CLI, on the database's side.
         app.include_router(admin.router)
+        app.include_router(admin.certificates)
     if settings.metrics_enabled:
         app.include_router(prometheus.router)
     web.mount(app)
@@ -140,7 +149,13 @@ def _document_raw_bodies(app: FastAPI, credential_required: bool) -> None:
                 routes=app.routes,
             )
             components = schema.setdefault("components", {}).setdefault("schemas", {})
-            for model in (DatasetRequest, LookupRequest, ProblemDetail, TokenRequest):
+            for model in (
+                DatasetRequest,
+                LookupRequest,
+                ProblemDetail,
+                TokenRequest,
+                CertificateRequest,
+            ):
                 model_schema = model.model_json_schema(ref_template=_REF)
                 components.update(model_schema.pop("$defs", {}))
                 components[model.__name__] = model_schema

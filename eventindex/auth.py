@@ -1,4 +1,5 @@
-"""Who is asking: EventIndex API tokens and OpenID Connect JWTs, both as bearer credentials.
+"""Who is asking: EventIndex API tokens and OpenID Connect JWTs, both as bearer credentials,
+and X.509 client certificates whose subject an administrator mapped to a principal.
 
 API tokens (``ei_...``) are random, shown once, and kept only as a SHA-256 digest:
 the digest of a high-entropy secret is looked up by an index, so there is no
@@ -7,6 +8,10 @@ issuer's published keys (``jwks``: exactly the keys of its latest fetch):
 signature, ``exp``, ``nbf``, ``iss``, ``aud``, ``sub``; a claim (``scope`` or
 ``groups``, a string or a list of strings) is mapped to EventIndex scopes by
 settings.
+A verified client certificate (or an RFC 3820 proxy of it) whose end-entity subject has a
+live mapping is that principal (``certs.py``, ``middleware/clientcert.py``). A request with a
+bearer credential is judged by it alone: the bearer decides, whatever certificate the
+connection holds. An unmapped certificate is anonymous.
 Credentials never reach the logs.
 """
 
@@ -23,9 +28,11 @@ import jwt
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from eventindex.certs import USE_MAPPING
 from eventindex.config import Settings
 from eventindex.db import Database
 from eventindex.jwks import JwksCache, KeysUnavailable, UnknownKey
+from eventindex.middleware.clientcert import certificate_from_another_site, certificate_subject
 from eventindex.middleware.ratelimit import charge_of
 from eventindex.problems import Problem
 from eventindex.tokens import SCOPES, TOKEN_PREFIX, USE_TOKEN, token_digest
@@ -41,7 +48,8 @@ BEARER = HTTPBearer(
     scheme_name="bearer",
     description="An EventIndex API token (`ei_...`, from `eventindex token create` or "
     "POST /v1/tokens) or a JWT of the configured OpenID Connect issuer. Required when "
-    "authentication is on (production mode); without it the API is open.",
+    "authentication is on (production mode), unless the client's TLS certificate is mapped "
+    "to a principal (`eventindex cert add`); without authentication the API is open.",
     auto_error=False,
 )
 
@@ -50,7 +58,7 @@ BEARER = HTTPBearer(
 class Principal:
     name: str
     scopes: frozenset[str]
-    kind: str  # "token", "jwt" or "open"
+    kind: str  # "token", "jwt", "certificate" or "open"
 
 
 OPEN = Principal("anonymous", frozenset(SCOPES), "open")
@@ -166,9 +174,16 @@ class Authenticator:
 
     async def identify(self, request: Request) -> Principal | None:
         header = request.headers.get("authorization")
-        if header is None:
-            return None
-        principal = await self._check(request, header)
+        if header is not None:
+            principal = await self._check(request, header)
+        else:
+            subject = certificate_subject(request.scope)
+            if subject is None:
+                return None
+            mapped = await self._certificate(request, subject)
+            if mapped is None:
+                return None
+            principal = mapped
         charge = charge_of(request.scope)
         if charge is not None:
             charge.principal(principal.kind, principal.name)
@@ -197,6 +212,14 @@ class Authenticator:
         self._failed(request, "not an API token, and JWTs are not configured")
         raise _unauthorized("The credential is not an EventIndex API token.")
 
+    async def _certificate(self, request: Request, subject: str) -> Principal | None:
+        db: Database = request.state.db
+        async with db.connection() as conn:
+            row = await conn.fetchrow(USE_MAPPING, subject)
+        if row is None:
+            return None
+        return Principal(row["name"], frozenset(row["scopes"]), "certificate")
+
     @staticmethod
     def _failed(request: Request, reason: str) -> None:
         client = request.client.host if request.client else "?"
@@ -215,7 +238,25 @@ def require(scope: str) -> Callable[..., Awaitable[Principal]]:
         if principal is None:
             if not auth.required:
                 return OPEN
-            raise _unauthorized("This service needs a bearer token.", "invalid_request")
+            subject = certificate_subject(request.scope)
+            if subject is not None:
+                auth._failed(request, f"certificate subject {subject!r} is not mapped")
+                raise _unauthorized(
+                    f"The certificate subject '{subject}' has no live mapping here (unmapped, "
+                    "expired or revoked): ask an administrator to map it, or send a bearer "
+                    "token."
+                )
+            if certificate_from_another_site(request.scope):
+                raise _unauthorized(
+                    "A client certificate does not authenticate a request from another site's "
+                    "page (the browser sends it by itself); send a bearer token.",
+                    "invalid_request",
+                )
+            raise _unauthorized(
+                "This service needs a credential: a bearer token, or a client certificate "
+                "mapped to a principal.",
+                "invalid_request",
+            )
         if scope not in principal.scopes:
             raise Problem(
                 403,

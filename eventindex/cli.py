@@ -196,21 +196,27 @@ def announce(settings: Settings) -> None:
 def tls_options(settings: Settings) -> dict[str, Any]:
     if settings.ssl_certfile is None:
         return {}
-    import ssl
+    import functools
 
-    for path in (settings.ssl_certfile, settings.ssl_keyfile, settings.ssl_ca_certs):
+    from eventindex.tls import server_context
+
+    for path in (settings.ssl_certfile, settings.ssl_keyfile):
         if path is not None and not path.is_file():
             raise CliError(f"{path}: no such file (TLS settings)", 2)
-    options: dict[str, Any] = {
+    ca = settings.ssl_ca_certs
+    if ca is not None and not (ca.is_file() or ca.is_dir()):
+        raise CliError(f"{ca}: no such file or directory (EVENTINDEX_SSL_CA_CERTS)", 2)
+    return {
         "ssl_certfile": str(settings.ssl_certfile),
         "ssl_keyfile": str(settings.ssl_keyfile),
+        # Client certificates and RFC 3820 proxies (eventindex/tls.py); a module function,
+        # so that worker processes can be handed it.
+        "ssl_context_factory": functools.partial(
+            server_context,
+            ca=None if ca is None else str(ca),
+            required=settings.ssl_client_cert_required,
+        ),
     }
-    if settings.ssl_ca_certs is not None:
-        options["ssl_ca_certs"] = str(settings.ssl_ca_certs)
-        options["ssl_cert_reqs"] = (
-            ssl.CERT_REQUIRED if settings.ssl_client_cert_required else ssl.CERT_OPTIONAL
-        )
-    return options
 
 
 def cmd_token(args: argparse.Namespace) -> int:
@@ -248,6 +254,45 @@ def cmd_token(args: argparse.Namespace) -> int:
             else:
                 print(f"revoked token {args.name}")
         except tokens.TokenError as exc:
+            raise CliError(str(exc)) from None
+        except asyncpg.UndefinedTableError:
+            raise CliError("the database is not migrated: run 'eventindex migrate'") from None
+        finally:
+            await conn.close()
+        return 0
+
+    return asyncio.run(run())
+
+
+def cmd_cert(args: argparse.Namespace) -> int:
+    """Certificate principals: X.509 subjects mapped to names and scopes."""
+    from eventindex import certs, tokens
+
+    settings, _server = resolve_database(load_settings(database_url=args.database_url))
+    assert settings.database_url is not None
+    url = settings.database_url
+
+    async def run() -> int:
+        import asyncpg
+
+        conn = await connect_or_fail(url)
+        try:
+            if args.cert_command == "add":
+                expires = tokens.parse_expiry(args.expires)
+                r = await certs.add(conn, args.name, args.dn, args.scope, expires)
+                when = r["expires_at"].isoformat() if r["expires_at"] else "never"
+                print(
+                    f"mapped {r['dn']} to {r['name']} (scopes {','.join(r['scopes'])}; "
+                    f"expires {when})"
+                )
+            elif args.cert_command == "list":
+                for line in certs.describe(await certs.list_all(conn)):
+                    print(line)
+            elif not await certs.revoke(conn, args.name):
+                raise CliError(f"no active certificate principal named {args.name!r}")
+            else:
+                print(f"revoked certificate principal {args.name}")
+        except (certs.CertificateError, tokens.TokenError) as exc:
             raise CliError(str(exc)) from None
         except asyncpg.UndefinedTableError:
             raise CliError("the database is not migrated: run 'eventindex migrate'") from None
@@ -476,7 +521,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--ssl-certfile", help="serve HTTPS with this certificate (PEM)")
     p.add_argument("--ssl-keyfile", help="the certificate's private key (PEM)")
-    p.add_argument("--ssl-ca-certs", help="CA bundle to verify client certificates against")
+    p.add_argument(
+        "--ssl-ca-certs",
+        help="CA bundle (or directory of hashed CA certificates) to verify client certificates "
+        "and their RFC 3820 proxies against",
+    )
     p.add_argument(
         "--demo",
         action="store_true",
@@ -558,6 +607,34 @@ def build_parser() -> argparse.ArgumentParser:
     t = token_sub.add_parser("revoke", help="revoke a token by name")
     t.add_argument("name")
     p.set_defaults(func=cmd_token)
+
+    p = sub.add_parser(
+        "cert",
+        help="map X.509 certificate subjects to principals (add, list, revoke)",
+        description="A client whose verified TLS certificate, or an RFC 3820 proxy of it, "
+        "has a mapped subject is that principal, with its scopes (docs/security.md).",
+    )
+    p.add_argument("--database-url", help="PostgreSQL URL (default: EVENTINDEX_DATABASE_URL)")
+    cert_sub = p.add_subparsers(dest="cert_command", required=True, metavar="ACTION")
+    t = cert_sub.add_parser("add", help="map a certificate subject to a name and scopes")
+    t.add_argument(
+        "--dn",
+        required=True,
+        help="the subject: RFC 4514 (CN=...,O=...,C=...) or OpenSSL's /C=.../O=.../CN=...",
+    )
+    t.add_argument("--name", required=True, help="the principal's name (1-100 of A-Za-z0-9._@-)")
+    t.add_argument(
+        "--scope",
+        action="append",
+        required=True,
+        choices=("read", "write", "admin"),
+        help="read (lookups), write (loading), admin (tokens, certificates); repeatable",
+    )
+    t.add_argument("--expires", help="e.g. 365d, 12h, or an ISO date (default: never)")
+    cert_sub.add_parser("list", help="list the mappings")
+    t = cert_sub.add_parser("revoke", help="revoke a mapping by name")
+    t.add_argument("name")
+    p.set_defaults(func=cmd_cert)
 
     p = sub.add_parser(
         "shards", help="shard the catalogue over several PostgreSQL servers (PL/Proxy)"

@@ -1,6 +1,6 @@
 """Python client of the EventIndex API: async (httpx), with a small synchronous wrapper.
 
-    async with EventIndexClient("http://eventindex:8000", token=...) as client:
+    async with EventIndexClient("https://eventindex:8443", token=...) as client:
         event = await client.get_event(1000, 42)            # Event, or None if unknown
         answer = await client.lookup([(1000, 42), (1000, 43)])  # LookupResponse
         async for result in client.lookup_stream(pairs):     # any (async) iterable, any size
@@ -13,6 +13,10 @@ lost, server restarted, 502/503/504, 429) is asked again from its first
 undelivered pair, after a backoff that honours ``Retry-After``: no pair is
 answered twice or skipped. Memory is bounded by chunk size times concurrency.
 4xx answers raise ``ProblemError`` carrying the server's problem details.
+
+Instead of a token, a client may present an X.509 certificate or grid proxy that the
+service maps to a principal: ``EventIndexClient(url, cert=os.environ["X509_USER_PROXY"],
+ca="/etc/grid-security/certificates")`` (``clienttls.py``; with both, the token decides).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import hashlib
 import json
 import os
 import random
+import ssl
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterable, Iterator
 from functools import partial
@@ -37,6 +42,7 @@ import httpx
 import orjson
 from pydantic import TypeAdapter
 
+from eventindex.clienttls import ssl_context
 from eventindex.schemas import Event, LookupResponse, LookupResult
 
 Pair = tuple[int, int]
@@ -83,6 +89,22 @@ def _retry_after(response: httpx.Response) -> float | None:
         return max(0.0, float(value))
     except ValueError:
         return None
+
+
+def _tls_refusal(exc: BaseException) -> str | None:
+    """Why TLS failed, when no retry can mend it: this side does not trust the server's
+    certificate, or the server refused this side's with an alert that arrived (over TLS 1.3
+    a refused client certificate often looks like a closed connection, which is retried)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return f"the server's certificate is not trusted here ({seen.verify_message})"
+        if isinstance(seen, ssl.SSLError) and any(
+            word in (seen.reason or "") for word in ("CERTIFICATE", "UNKNOWN_CA")
+        ):
+            return f"the server refused this client's certificate ({seen.reason})"
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def _problem_error(status: int, body: bytes) -> ProblemError:
@@ -158,6 +180,7 @@ class _ChunkFetch:
                     if self.delivered < len(self.pairs):
                         raise _Retry("the answer ended early")
                 except (httpx.TransportError, _Retry) as exc:
+                    self.client._refuse_tls(exc)
                     if isinstance(exc, _RetryAfter):
                         await self._deliver(exc.answered)
                     failures = 0 if self.delivered > before else failures + 1
@@ -233,9 +256,21 @@ class EventIndexClient:
         chunk_size: int = 50_000,
         concurrency: int = 2,
         transport: httpx.AsyncBaseTransport | None = None,
+        cert: str | os.PathLike[str] | None = None,
+        key: str | os.PathLike[str] | None = None,
+        ca: str | os.PathLike[str] | None = None,
+        verify: ssl.SSLContext | None = None,
     ) -> None:
+        """``cert`` (and ``key``, unless in the same file, as in a grid proxy): a client
+        certificate to present; ``ca``: trust only these CAs (a PEM bundle or a directory
+        of hashed certificates); ``verify``: a whole context instead (``clienttls``).
+        A file that cannot be used raises ``clienttls.ClientTlsError`` (a ValueError)."""
         if chunk_size < 1 or concurrency < 1:
             raise ValueError("chunk_size and concurrency must be at least 1")
+        if verify is not None and (cert or key or ca):
+            raise ValueError("give either verify or cert/key/ca, not both")
+        if verify is None and (cert or key or ca):
+            verify = ssl_context(cert, key, ca)
         self.base_url = base_url.rstrip("/")
         self.retries = retries
         self.backoff = backoff
@@ -250,6 +285,7 @@ class EventIndexClient:
             "timeout": httpx.Timeout(timeout, connect=min(timeout, 10.0)),
             "limits": httpx.Limits(max_connections=concurrency + 2),
             "transport": transport,
+            "verify": True if verify is None else verify,
         }
 
     async def __aenter__(self) -> EventIndexClient:
@@ -275,6 +311,11 @@ class EventIndexClient:
             raise RuntimeError("use the client as 'async with EventIndexClient(...) as client'")
         return self._http
 
+    def _refuse_tls(self, exc: BaseException) -> None:
+        reason = _tls_refusal(exc)
+        if reason is not None:
+            raise EventIndexError(f"TLS with {self.base_url} failed: {reason}") from exc
+
     async def _pause(self, failures: int, retry_after: float | None, cause: BaseException) -> None:
         if failures > self.retries:
             raise UnavailableError(
@@ -293,6 +334,7 @@ class EventIndexClient:
             try:
                 response = await self.http.request(method, path, **kwargs)
             except httpx.TransportError as exc:
+                self._refuse_tls(exc)
                 failures += 1
                 await self._pause(failures, None, exc)
                 continue

@@ -109,7 +109,9 @@ class Settings(BaseSettings):
     ssl_certfile: Path | None = Field(default=None, description="serve HTTPS with this cert")
     ssl_keyfile: Path | None = Field(default=None, description="the certificate's key")
     ssl_ca_certs: Path | None = Field(
-        default=None, description="CA bundle to verify client certificates against"
+        default=None,
+        description="CA bundle (or a directory of hashed CA certificates) to verify client "
+        "certificates against",
     )
     ssl_client_cert_required: bool = False
     forwarded_allow_ips: str = Field(
@@ -218,6 +220,17 @@ class Settings(BaseSettings):
         description="seconds a client has to send a whole upload body (besides "
         "stream_idle_timeout between its pieces); else 408",
     )
+    cert_max_proxy_depth: Annotated[int, Field(ge=0, le=100)] = Field(
+        default=5,
+        description="most RFC 3820 proxy certificates a client certificate chain may hold "
+        "before its end-entity certificate (0: proxies refused)",
+    )
+    cert_subject_header: str | None = Field(
+        default=None,
+        description="request header in which a reverse proxy that ended TLS names the "
+        "verified client certificate's subject; believed only from the addresses in "
+        "forwarded_allow_ips, ignored from anyone else",
+    )
 
     @field_validator("read_database_urls", mode="before")
     @classmethod
@@ -276,7 +289,27 @@ class Settings(BaseSettings):
                     "allows http for a test provider)"
                 )
         self._open_service_allowed()
+        self._subject_header_trusted()
         return self._pool_sizes()
+
+    def _subject_header_trusted(self) -> None:
+        if self.cert_subject_header is None:
+            return
+        if not re.fullmatch(r"[A-Za-z0-9-]{1,100}", self.cert_subject_header):
+            raise ValueError("cert_subject_header must be a header name (letters, digits, -)")
+        if self.cert_subject_header.lower() in ("authorization", "x-forwarded-for", "host"):
+            raise ValueError(f"cert_subject_header cannot be {self.cert_subject_header!r}")
+        proxies = [p.strip() for p in self.forwarded_allow_ips.split(",") if p.strip()]
+        if not proxies:
+            raise ValueError(
+                "cert_subject_header needs EVENTINDEX_FORWARDED_ALLOW_IPS: the header is "
+                "believed only from the reverse proxies listed there"
+            )
+        if "*" in proxies:
+            raise ValueError(
+                "cert_subject_header with EVENTINDEX_FORWARDED_ALLOW_IPS='*' would let anyone "
+                "claim any certificate subject: list the proxies' addresses"
+            )
 
     def _open_service_allowed(self) -> None:
         if self.auth_enabled or self.allow_open_service:

@@ -17,6 +17,7 @@ from typing import IO
 
 import orjson
 
+from eventindex import clienttls
 from eventindex.client import EventIndexClient, EventIndexError, Pair
 from eventindex.pairs import PairParser, PairSyntaxError
 
@@ -128,6 +129,7 @@ async def pick(args: argparse.Namespace, source: IO[bytes], out: IO[str]) -> int
         chunk_size=args.chunk_size,
         concurrency=args.concurrency,
         retries=args.retries,
+        verify=clienttls.from_arguments(args).context(),
     ) as client:
         async for batch in client.lookup_stream_raw(read_pairs(source)):
             output.add(batch)
@@ -149,6 +151,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=os.environ.get("EVENTINDEX_TOKEN"),
         help="API token (default: EVENTINDEX_TOKEN)",
     )
+    clienttls.add_arguments(p)
     p.add_argument("--format", choices=FORMATS, default="ndjson", help="output (default ndjson)")
     p.add_argument("--missing", action="store_true", help="print only the pairs not found")
     p.add_argument("--chunk-size", type=int, default=50_000, help="pairs per request")
@@ -169,6 +172,8 @@ def run(args: argparse.Namespace) -> int:
         return asyncio.run(pick(args, source, sys.stdout))
     except PairSyntaxError as exc:
         print(f"eventindex: error: {args.input}: {exc}", file=sys.stderr)
+    except clienttls.ClientTlsError as exc:
+        print(f"eventindex: error: {exc}", file=sys.stderr)
     except EventIndexError as exc:
         print(f"eventindex: error: {exc}", file=sys.stderr)
     except BrokenPipeError:

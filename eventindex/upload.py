@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from eventindex import clienttls
 from eventindex.client import EventIndexClient, EventIndexError, ProblemError
 
 EXIT_OK = 0
@@ -174,7 +175,12 @@ async def upload(args: argparse.Namespace, err: IO[str]) -> int:
     progress = Progress(err)
     jobs = asyncio.Semaphore(args.jobs)
     failed: list[str] = []
-    async with EventIndexClient(args.url, args.token, retries=args.retries) as client:
+    async with EventIndexClient(
+        args.url,
+        args.token,
+        retries=args.retries,
+        verify=clienttls.from_arguments(args).context(),
+    ) as client:
         target = None
         if args.dataset is not None:
             target = (await client.dataset_status(args.dataset))["id"]
@@ -259,6 +265,7 @@ def _service_arguments(p: argparse.ArgumentParser) -> None:
         help="API token with the write scope (default: EVENTINDEX_TOKEN)",
     )
     p.add_argument("--retries", type=int, default=6, help="retries of a failed request")
+    clienttls.add_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -272,7 +279,7 @@ def _guarded(call: Any) -> int:
     try:
         code: int = call()
         return code
-    except (InputError, EventIndexError) as exc:
+    except (InputError, EventIndexError, clienttls.ClientTlsError) as exc:
         print(f"eventindex: error: {exc}", file=sys.stderr)
     except OSError as exc:
         print(f"eventindex: error: {exc.filename}: {exc.strerror}", file=sys.stderr)
@@ -304,7 +311,12 @@ def add_dataset_arguments(p: argparse.ArgumentParser) -> None:
 
 
 async def _datasets(args: argparse.Namespace) -> dict[str, Any]:
-    async with EventIndexClient(args.url, args.token, retries=args.retries) as client:
+    async with EventIndexClient(
+        args.url,
+        args.token,
+        retries=args.retries,
+        verify=clienttls.from_arguments(args).context(),
+    ) as client:
         if args.datasets_command == "create":
             return await client.create_dataset(
                 args.name,

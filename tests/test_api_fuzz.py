@@ -3,12 +3,12 @@
 Every operation and method the document lists, through every phase schemathesis has:
 its examples, coverage (boundary values, and invalid data to probe validation, and
 methods the document does not list), fuzzing (valid and invalid data), and stateful
-sequences along the document's links (a new token is revoked, a listed dataset is read,
-a file's events are streamed). Every built-in check runs on every answer: no 5xx, status
-code, content type, headers and body as documented, invalid data rejected, valid data
-accepted, Allow on 405, and in production mode that authentication is enforced. NDJSON
-answers get a check of their own (below). Generation is bounded and seeded, so a run is
-reproducible and takes seconds.
+sequences along the document's links (a new token or certificate principal is revoked, a
+listed dataset is read, a file's events are streamed). Every built-in check runs on every
+answer: no 5xx, status code, content type, headers and body as documented, invalid data
+rejected, valid data accepted, Allow on 405, and in production mode that authentication is
+enforced. NDJSON answers get a check of their own (below). Generation is bounded and seeded,
+so a run is reproducible and takes seconds.
 
 A development server (open) and a production server (authentication required) are each
 fuzzed once; without a credential every /v1 operation of the production server must answer
@@ -75,6 +75,12 @@ CONFIG: dict[str, Any] = {
         {
             # expires_at must lie in the future, which JSON Schema cannot say.
             "include-path": "/v1/tokens",
+            "include-method": "POST",
+            "checks": {"positive_data_acceptance": {"expected-statuses": _DATA_DEPENDENT}},
+        },
+        {
+            # ...nor the grammar of a distinguished name (documented in prose).
+            "include-path": "/v1/certificates",
             "include-method": "POST",
             "checks": {"positive_data_acceptance": {"expected-statuses": _DATA_DEPENDENT}},
         },
@@ -290,6 +296,7 @@ def test_links_lead_to_documented_operations() -> None:
                 assert set(link["parameters"]) <= names, (op, name)
                 found.add(f"{op} {status} {name}")
     assert "POST /v1/tokens 201 RevokeToken" in found
+    assert "POST /v1/certificates 201 RevokeCertificate" in found
     assert "GET /v1/datasets/{dataset}/files 200 GetFile" in found
 
 
@@ -306,7 +313,9 @@ PATH_VALUES = {
 BODIES = {
     "POST /v1/lookup": {"pairs": [[100, 1]]},
     "POST /v1/tokens": {"name": "intruder", "scopes": ["admin"]},
+    "POST /v1/certificates": {"dn": "CN=Intruder,O=X", "name": "intruder", "scopes": ["admin"]},
 }
+ADMIN_PATHS = ("/v1/tokens", "/v1/certificates")
 
 
 @pytest.mark.parametrize("op", V1_OPERATIONS)
@@ -343,7 +352,7 @@ def test_production_checks_the_scope(prod_server: Server, read_token: str, op: s
         json=BODIES.get(op),
         headers=bearer(read_token),
     )
-    if path.startswith("/v1/tokens"):
+    if path.startswith(ADMIN_PATHS):
         assert response.status_code == 403, (op, response.text)
         assert response.headers["content-type"] == PROBLEM_JSON
     else:
@@ -435,7 +444,7 @@ def test_open_service_documents_the_credential_as_optional() -> None:
     document = create_app(Settings(database_url="postgresql://unused@127.0.0.1:1/x")).openapi()
     for op in V1_OPERATIONS:
         method, path = op.split()
-        if path.startswith("/v1/tokens"):
-            assert path not in document["paths"], "an open service administers no tokens"
+        if path.startswith(ADMIN_PATHS):
+            assert path not in document["paths"], "an open service administers no credentials"
             continue
         assert document["paths"][path][method.lower()]["security"] == [{}, {"bearer": []}], op

@@ -681,7 +681,12 @@ def test_forwarded_for_is_trusted_from_configured_proxies_only(database_url: str
     a pass-through proxy got a fresh rate-limit bucket per request (and could grow the
     bucket table with 60 KB keys)."""
     assert Settings(database_url=database_url).forwarded_allow_ips == ""
-    limits = {"EVENTINDEX_RATE_LIMIT_PER_SECOND": "0.01", "EVENTINDEX_RATE_LIMIT_BURST": "3"}
+    limits = {
+        "EVENTINDEX_RATE_LIMIT_PER_SECOND": "0.01",
+        "EVENTINDEX_RATE_LIMIT_BURST": "3",
+        # Buckets live in each worker, and production starts one per CPU.
+        "EVENTINDEX_WORKERS": "1",
+    }
     with production(database_url, **limits) as server:
         codes = [
             httpx.get(

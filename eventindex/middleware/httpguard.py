@@ -15,6 +15,11 @@ protocol, which
 
 Answers are ``application/problem+json`` like every other error of the service.
 Bodies are limited by the application, which knows which requests may be long.
+
+It also tells the application what only the connection knows: its TLS (the ASGI ``tls``
+extension, with the verified client certificate chain: ``eventindex/tls.py``) and the
+address of the peer that connected (``PEER_KEY``), which uvicorn replaces with the
+``X-Forwarded-For`` client behind a trusted proxy.
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ from typing import Any, cast
 
 import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from eventindex.tls import PEER_KEY, ChainMemory, connection_tls
 
 _REASONS = {
     408: b"Request Timeout",
@@ -69,9 +76,13 @@ def problem_bytes(status: int, kind: str, title: str, detail: str) -> bytes:
 class GuardedProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with the limits of :class:`HeadLimits`."""
 
-    def __init__(self, *args: Any, limits: HeadLimits, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, limits: HeadLimits, chains: ChainMemory | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         self._limits = limits
+        self._chains = chains if chains is not None else ChainMemory()
+        self._tls: dict[str, object] | None = None
         self._head_timer: asyncio.TimerHandle | None = None
         self._in_head = True
         self._head_bytes = 0
@@ -93,6 +104,9 @@ class GuardedProtocol(HttpToolsProtocol):
                 "try again shortly.",
             )
             return
+        ssl_object = transport.get_extra_info("ssl_object")
+        if ssl_object is not None:
+            self._tls = connection_tls(ssl_object, self._chains)
         self._arm_head_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -133,6 +147,10 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        scope = cast(dict[str, Any], self.scope)
+        scope[PEER_KEY] = self.client
+        if self._tls is not None:
+            scope["extensions"] = {"tls": dict(self._tls)}
         self._in_head = True
         self._head_bytes = 0
         self._parsed_head_bytes = 0
@@ -274,5 +292,6 @@ class _LingeringClose:
 
 
 def protocol_factory(limits: HeadLimits) -> functools.partial[GuardedProtocol]:
-    """What to pass as uvicorn's ``http``: picklable, so worker processes get it too."""
-    return functools.partial(GuardedProtocol, limits=limits)
+    """What to pass as uvicorn's ``http``: picklable, so worker processes get it too (each
+    its own copy of the chain memory, as each has its own TLS session cache)."""
+    return functools.partial(GuardedProtocol, limits=limits, chains=ChainMemory())

@@ -3,13 +3,15 @@
 Who a client is depends on what the service knows of it:
 
 - a request without a credential is charged to its address (``a:``);
-- a request with a credential is charged up front to its address's budget for
-  credentials (``c:``), before the credential is checked, so that guesses sent
-  all at once are limited as well as guesses sent one by one; when the credential
-  proves a principal (an API token's name, a JWT's subject) that charge is given
+- a request with a credential (a bearer header, or a client certificate on the
+  connection) is charged up front to its address's budget for credentials (``c:``),
+  before the credential is checked, so that guesses sent all at once are limited as
+  well as guesses sent one by one; when the credential proves a principal (an API
+  token's name, a JWT's subject, a certificate principal) that charge is given
   back and the principal's own budget is charged instead, so a grid job's many
   hosts share one budget, rewriting the header buys nothing, and neither anonymous
   traffic nor guessing from a shared address (a NAT) spends a valid holder's budget;
+  a subject named by a trusted proxy's header moves the address's charge likewise;
 - a failed credential keeps its charge: guessing costs the guesser, not the database.
 
 Addresses are read as IP addresses (IPv6 by its /64 network, which one host may
@@ -30,6 +32,7 @@ from dataclasses import dataclass
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from eventindex.middleware.clientcert import presents_certificate
 from eventindex.problems import Problem
 
 _EXEMPT = ("/health", "/ready")
@@ -96,9 +99,10 @@ class RateLimiter:
 
 @dataclass(frozen=True)
 class Charge:
-    """One credentialed request's account with the limiter. The request has been charged to
-    its address's budget for credentials already: a credential that fails (or that nothing
-    checks) keeps that charge; one that proves a principal moves it (``principal``)."""
+    """One request's account with the limiter. The request has been charged to its address's
+    budget (for credentials, when it carries one) already: a credential that fails (or that
+    nothing checks) keeps that charge; one that proves a principal moves it
+    (``principal``)."""
 
     limiter: RateLimiter
     address: str
@@ -141,13 +145,12 @@ class RateLimit:
             await self.app(scope, receive, send)
             return
         address = client_key(scope)
-        credential = any(name == b"authorization" for name, _ in scope.get("headers", []))
+        credential = any(
+            name == b"authorization" for name, _ in scope.get("headers", [])
+        ) or presents_certificate(scope)
         key = ("c:" if credential else "a:") + address
         wait = self.limiter.take(key)
         if wait > 0:
             await self.limiter.too_many(wait).response(scope["path"])(scope, receive, send)
-            return
-        if not credential:
-            await self.app(scope, receive, send)
             return
         await self.app({**scope, SCOPE_KEY: Charge(self.limiter, key)}, receive, send)
