@@ -22,7 +22,7 @@ from eventindex.middleware.bodylimits import BodyLimits
 from eventindex.middleware.clientcert import ClientCertificates, trusted_networks
 from eventindex.middleware.hostcheck import LoopbackHostsOnly
 from eventindex.middleware.ratelimit import RateLimit, RateLimiter
-from eventindex.middleware.requestlog import RequestLog
+from eventindex.middleware.requestlog import RequestLog, configure_logging
 from eventindex.middleware.secheaders import SecurityHeaders
 from eventindex.problems import install_handlers
 from eventindex.routes import admin, browse, collection, events, health, prometheus, web
@@ -172,8 +172,12 @@ def _document_raw_bodies(app: FastAPI, credential_required: bool) -> None:
 
 
 def app_from_environment() -> FastAPI:
-    """Factory for ``uvicorn --factory`` (used by ``serve --reload``)."""
-    return create_app(Settings())
+    """Factory for ``uvicorn --factory``: each worker process (``serve --workers N``, one
+    per CPU in production) and each reloaded one builds its app, and sets up its logging,
+    from the environment (a new process inherits neither)."""
+    settings = Settings()
+    configure_logging(settings.log_level.value, settings.json_logs)
+    return create_app(settings)
 
 
 __all__ = ["app_from_environment", "create_app"]
