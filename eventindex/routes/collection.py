@@ -27,7 +27,12 @@ from eventindex.ingest.filebody import (
     parse_content_digest,
 )
 from eventindex.problems import Problem, problem_responses
-from eventindex.schemas import DatasetRequest, DatasetStatus, UploadResult
+from eventindex.schemas import (
+    DATASET_NAME_PATTERN,
+    DatasetRequest,
+    DatasetStatus,
+    UploadResult,
+)
 
 router = APIRouter(prefix="/v1", tags=["data collection"])
 
@@ -56,11 +61,14 @@ _UPLOAD_DOC: dict[str, Any] = {
     }
 }
 
+# A registered name, or an id (digits); a dataset loaded with another kind of name is
+# reached by its id.
+DATASET_REF_PATTERN = DATASET_NAME_PATTERN
+
 DatasetRef = Annotated[
     str,
     Path(
-        min_length=1,
-        max_length=200,
+        pattern=DATASET_REF_PATTERN,
         description="the dataset's id or name",
         examples=["spd-run2026-raw"],
     ),
@@ -104,7 +112,7 @@ async def put_file(
     request: Request,
     fuid: Annotated[UUID, Path(description="the raw file's UUID in distributed storage")],
     dataset: Annotated[
-        str, Query(min_length=1, max_length=200, description="the dataset's id or name")
+        str, Query(pattern=DATASET_REF_PATTERN, description="the dataset's id or name")
     ],
     db: DatabaseDep,
     settings: SettingsDep,
