@@ -12,8 +12,8 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-MAX_RUN_NUMBER = 2**31 - 1
-MAX_EVENT_NUMBER = 2**63 - 1
+from eventindex.pairs import MAX_EVENT_NUMBER as MAX_EVENT_NUMBER
+from eventindex.pairs import MAX_RUN_NUMBER as MAX_RUN_NUMBER
 
 
 class LogLevel(StrEnum):

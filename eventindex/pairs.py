@@ -13,12 +13,22 @@ falls back to the line-by-line parser, which also words the errors.
 
 from __future__ import annotations
 
+import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
-import orjson
+# Imported by the client too (eventindex pick), whose install has the standard library and
+# httpx only: the service's faster orjson when it is there.
+_json_loads: Callable[[str], Any]
+try:
+    from orjson import loads as _json_loads
+except ImportError:  # pragma: no cover - the light client install
+    from json import loads as _json_loads
 
-from eventindex.config import MAX_EVENT_NUMBER, MAX_RUN_NUMBER
+MAX_RUN_NUMBER = 2**31 - 1
+MAX_EVENT_NUMBER = 2**63 - 1
 
 _FAST_TEXT = re.compile(rb"^[ \t]*(\d{1,10})(?:[ \t]*[,:/][ \t]*|[ \t]+)(\d{1,19})[ \t]*\r?$", re.M)
 _FAST_NDJSON = re.compile(
@@ -97,9 +107,12 @@ def check_number(value: object, name: str, maximum: int) -> int:
 
 def _parse_json_item(text: str) -> tuple[int, int]:
     try:
-        item = orjson.loads(text)
-    except orjson.JSONDecodeError as exc:
-        raise ValueError(f"not valid JSON ({exc.args[0].split(':')[0]})") from None
+        item = _json_loads(text)
+    except json.JSONDecodeError as exc:  # orjson's error is a JSONDecodeError too
+        raise ValueError(f"not valid JSON ({exc.msg})") from None
+    except (ValueError, RecursionError):
+        # The standard library's: an integer of over 4300 digits, or nesting too deep.
+        raise ValueError("not valid JSON (a number too long or nesting too deep)") from None
     if isinstance(item, dict):
         missing = _PAIR_KEYS - item.keys()
         if missing:
