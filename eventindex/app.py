@@ -23,7 +23,7 @@ from eventindex.middleware.ratelimit import RateLimit, RateLimiter
 from eventindex.middleware.requestlog import RequestLog
 from eventindex.middleware.secheaders import SecurityHeaders
 from eventindex.problems import install_handlers
-from eventindex.routes import admin, browse, events, health, prometheus, web
+from eventindex.routes import admin, apidocs, browse, events, health, prometheus, web
 from eventindex.routes.admin import TokenRequest
 from eventindex.schemas import LookupRequest, ProblemDetail
 
@@ -66,8 +66,9 @@ def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(
         title="EventIndex",
         version=__version__,
-        docs_url="/docs" if docs else None,
-        redoc_url="/redoc" if docs else None,
+        # FastAPI's own docs pages load their code from a CDN: routes/apidocs.py serves it.
+        docs_url=None,
+        redoc_url=None,
         openapi_url="/openapi.json" if docs else None,
         summary="Event catalogue of the SPD experiment: which raw file holds each event.",
         lifespan=lifespan,
@@ -87,6 +88,8 @@ def create_app(settings: Settings) -> FastAPI:
     if settings.metrics_enabled:
         app.include_router(prometheus.router)
     web.mount(app)
+    if docs:
+        apidocs.mount(app)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -102,9 +105,7 @@ def create_app(settings: Settings) -> FastAPI:
         timeout=settings.body_timeout,
         exempt=frozenset({"/v1/lookup"}),  # reads its own body, with its own limits
     )
-    app.add_middleware(
-        SecurityHeaders, docs_paths=frozenset({"/docs", "/docs/oauth2-redirect", "/redoc"})
-    )
+    app.add_middleware(SecurityHeaders)
     if settings.loopback_only:
         app.add_middleware(LoopbackHostsOnly)
     # Outermost: every request is timed and logged, errors and 429s included.

@@ -270,7 +270,7 @@ class Settings(BaseSettings):
             )
         if self.docs_enabled:
             surfaces.append(
-                "the API documentation (/docs, /redoc, /openapi.json) is served to anyone "
+                "the API documentation (/docs, /openapi.json) is served to anyone "
                 "(EVENTINDEX_DOCS_ENABLED=false turns it off)"
             )
         if self.metrics_enabled and self.metrics_token is None:

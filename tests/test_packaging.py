@@ -29,6 +29,7 @@ def test_the_wheel_installs_only_the_eventindex_package(tmp_path: Path) -> None:
     top = {n.split("/", 1)[0] for n in names}
     assert {t for t in top if not t.endswith(".dist-info")} == {"eventindex"}
     assert "eventindex/py.typed" in names
+    assert "eventindex/apidocs/swagger-init.js" in names  # the API docs start-up
     assert "eventindex/_migrations/0001_core_schema.sql" in names
     assert not [n for n in names if n.startswith(("tools/", "bench/", "tests/"))]
     metadata = (
