@@ -158,6 +158,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # process past its exit handlers, and the embedded PostgreSQL (trusting every local
         # connection) would outlive it. Raised into this handler, it is a normal exit.
         signal.signal(signal.SIGTERM, _exit_on_sigterm)
+        # A hang-up (the terminal closed), which uvicorn does not handle, is made a SIGTERM:
+        # a graceful shutdown while uvicorn runs, then that normal exit. (Raised in its event
+        # loop's callbacks, SystemExit is taken for a transport's error and the loop goes on.)
+        signal.signal(signal.SIGHUP, _sigterm_on_hangup)
     if args.migrate or args.demo:
         applied = asyncio.run(_migrate(settings.database_url))
         if applied:
@@ -210,6 +214,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def _exit_on_sigterm(signum: int, frame: object) -> None:
     raise SystemExit(0)
+
+
+def _sigterm_on_hangup(signum: int, frame: object) -> None:
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def announce(settings: Settings) -> None:
