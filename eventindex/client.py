@@ -377,6 +377,21 @@ class EventIndexClient:
         found: dict[str, Any] = response.json()
         return found
 
+    async def dataset_names(self) -> dict[int, str]:
+        """Every dataset's name by its id (``dsid_raw``), a page of the API at a time."""
+        names: dict[int, str] = {}
+        after: int | None = -1
+        while after is not None:
+            response = await self._request(
+                "GET", "/v1/datasets", params={"after": after, "limit": 1000}
+            )
+            if response.status_code >= 400:
+                raise _problem_error(response.status_code, response.content)
+            page = response.json()
+            names.update((int(d["id"]), str(d["name"])) for d in page["items"])
+            after = page["next_after"]
+        return names
+
     async def decisions(self) -> dict[int, str]:
         """The Online Filter decisions' names by bit of ``olt_result``."""
         response = await self._request("GET", "/v1/online-filter/bits")

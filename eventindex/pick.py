@@ -66,15 +66,22 @@ def _checked(parser: PairParser, chunk: bytes, on_errors: ErrorSink | None) -> I
 
 
 class Names:
-    """Dataset and decision names, asked of the service once each."""
+    """Dataset and decision names, asked of the service before the first answer (a dataset
+    made since is asked for when it is met)."""
 
     def __init__(self, client: EventIndexClient) -> None:
         self.client = client
         self.datasets: dict[int, str] = {}
         self.bits: dict[int, str] = {}
 
-    async def load_decisions(self) -> None:
+    async def load(self) -> None:
+        self.datasets = await self.client.dataset_names()
         self.bits = await self.client.decisions()
+
+    @property
+    def width(self) -> int:
+        """Of the table's dataset column: the longest name."""
+        return max((len(n) for n in self.datasets.values()), default=7)
 
     async def dataset(self, dsid: int) -> str:
         name = self.datasets.get(dsid)
@@ -100,9 +107,11 @@ class Output:
         self.csv = csv.writer(out, lineterminator="\n") if fmt == "csv" else None
         if self.csv:
             self.csv.writerow(_COLUMNS + _NAME_COLUMNS)
+        self.width = max(7, names.width) if names is not None else 7
         if fmt == "table":
             out.write(
-                f"{'run':>10} {'event':>20} {'file (fuid_raw)':<36} {'dataset':<20} decisions\n"
+                f"{'run':>10} {'event':>20} {'file (fuid_raw)':<36} "
+                f"{'dataset':<{self.width}} decisions\n"
             )
 
     async def add(self, lines: list[bytes]) -> None:
@@ -137,7 +146,7 @@ class Output:
             return
         fuid = r["fuid_raw"] or "(not found)"
         self.out.write(
-            f"{r['run_number']:>10} {r['event_number']:>20} {fuid:<36} {dataset:<20} "
+            f"{r['run_number']:>10} {r['event_number']:>20} {fuid:<36} {dataset:<{self.width}} "
             f"{decisions}".rstrip()
             + "\n"
         )
@@ -208,7 +217,7 @@ async def pick(args: argparse.Namespace, source: IO[bytes], out: IO[str]) -> int
         names = None
         if args.format in ("csv", "table"):
             names = Names(client)
-            await names.load_decisions()
+            await names.load()
         output = Output(out, args.format, args.missing, names)
         async for batch in client.lookup_stream_raw(read_pairs(source, parser, on_errors)):
             await output.add(batch)
