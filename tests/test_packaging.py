@@ -121,9 +121,11 @@ def test_the_client_install_is_light_and_picks_from_a_running_service(
     with run_server(database_url) as server:
         picked = run("pick", "--url", server.url, "--format", "csv", stdin="100 1\n5 5\nx y\n")
         assert picked.returncode == 1  # a bad line, by default
+        # Text and JSON lines, read with the standard library's json here (no orjson).
         skipped = run(
             "pick", "--url", server.url, "--format", "csv", "--skip-invalid",
-            stdin="100 1\n5 5\nx y\n",
+            stdin='100 1\n5 5\nx y\n[100, 2]\n{"run_number": 100, "event_number": 3}\n'
+            '{"run_number": 1\n',
         )  # fmt: skip
         script = (
             "from eventindex.client import SyncEventIndexClient as C\n"
@@ -134,14 +136,19 @@ def test_the_client_install_is_light_and_picks_from_a_running_service(
             [python, "-c", script], capture_output=True, text=True, timeout=60, check=False
         )
     assert skipped.returncode == 3, skipped.stderr
-    assert skipped.stdout.splitlines()[1:] == [
+    rows = skipped.stdout.splitlines()[1:]
+    assert rows[:2] == [
         f"100,1,true,{fuid_of(100, 1)},{dsid_of(100)},{olt_of(1)},{DATASETS[dsid_of(100)]},"
         "minimum_bias",
         "5,5,false,,,,,",
     ]
-    assert skipped.stderr.splitlines() == [
-        "eventindex: stdin: line 3: run_number 'x' is not a whole number (skipped)",
-        "eventindex: 2 pairs: 1 found, 1 missing; 1 bad line skipped",
+    assert [row.split(",")[:4] for row in rows[2:]] == [
+        ["100", "2", "true", fuid_of(100, 2)],
+        ["100", "3", "true", fuid_of(100, 3)],
     ]
+    errors = skipped.stderr.splitlines()
+    assert errors[0] == "eventindex: stdin: line 3: run_number 'x' is not a whole number (skipped)"
+    assert errors[1].startswith("eventindex: stdin: line 6: not valid JSON (")
+    assert errors[2:] == ["eventindex: 4 pairs: 3 found, 1 missing; 2 bad lines skipped"]
     assert client.returncode == 0, client.stderr
     assert client.stdout == f"{fuid_of(100, 1)} 1\n"

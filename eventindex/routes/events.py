@@ -164,7 +164,7 @@ async def lookup_pairs(
     return await _json_answer(request, db.reads, settings, runs, events, extra if report else None)
 
 
-# What /v1/lookup answers in, by media type; a tie between named types goes to the first.
+# What /v1/lookup answers in, by media type.
 _ANSWERS = {
     "application/x-ndjson": "ndjson",
     "application/ndjson": "ndjson",
@@ -173,6 +173,7 @@ _ANSWERS = {
     "application/json": "json",
     "text/csv": "csv",
 }
+# Types named with the same quality: the stream first (as before there was CSV), then JSON.
 _ORDER = ("ndjson", "json", "csv")
 
 
