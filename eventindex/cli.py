@@ -46,6 +46,7 @@ SERVER_MODULES = (
     "orjson",
     "jwt",
     "prometheus_client",
+    "fastapi_offline",
 )
 
 
