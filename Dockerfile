@@ -15,13 +15,14 @@ ENV PATH=/opt/eventindex/bin:$PATH
 # The pinned dependencies first, in a layer of their own: a change to the code alone reuses it.
 COPY pyproject.toml constraints.txt ./
 RUN pip install --no-cache-dir --upgrade pip \
- && python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print('\n'.join(p['dependencies'] + p['optional-dependencies']['generate']))" > /tmp/requirements.txt \
+ && python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; e = p['optional-dependencies']; print('\n'.join(p['dependencies'] + e['server'] + e['generate']))" > /tmp/requirements.txt \
  && pip install --no-cache-dir -c constraints.txt -r /tmp/requirements.txt
 COPY README.md ./
 COPY eventindex ./eventindex
 COPY migrations ./migrations
-# With the generator's numpy: the compose file's demo-data service runs 'eventindex generate'.
-RUN pip install --no-cache-dir -c constraints.txt '.[generate]'
+# The service (the server extra), with the generator's numpy: the compose file's demo-data
+# service runs 'eventindex generate'.
+RUN pip install --no-cache-dir -c constraints.txt '.[server,generate]'
 
 # --- runtime: the virtualenv only, as an unprivileged user -------------------------------
 FROM ${BASE}

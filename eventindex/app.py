@@ -25,7 +25,16 @@ from eventindex.middleware.ratelimit import RateLimit, RateLimiter
 from eventindex.middleware.requestlog import RequestLog, configure_logging
 from eventindex.middleware.secheaders import SecurityHeaders
 from eventindex.problems import install_handlers
-from eventindex.routes import admin, browse, collection, events, health, prometheus, web
+from eventindex.routes import (
+    admin,
+    apidocs,
+    browse,
+    collection,
+    events,
+    health,
+    prometheus,
+    web,
+)
 from eventindex.routes.admin import CertificateRequest, TokenRequest
 from eventindex.schemas import DatasetRequest, LookupRequest, ProblemDetail
 
@@ -79,8 +88,9 @@ def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(
         title="EventIndex",
         version=__version__,
-        docs_url="/docs" if docs else None,
-        redoc_url="/redoc" if docs else None,
+        # FastAPI's own docs pages load their code from a CDN: routes/apidocs.py serves it.
+        docs_url=None,
+        redoc_url=None,
         openapi_url="/openapi.json" if docs else None,
         summary="Event catalogue of the SPD experiment: which raw file holds each event.",
         lifespan=lifespan,
@@ -109,6 +119,8 @@ def create_app(settings: Settings) -> FastAPI:
     if settings.metrics_enabled:
         app.include_router(prometheus.router)
     web.mount(app)
+    if docs:
+        apidocs.mount(app)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -126,9 +138,7 @@ def create_app(settings: Settings) -> FastAPI:
         exempt=frozenset({"/v1/lookup"}),
         exempt_prefixes=("/v1/files/",),
     )
-    app.add_middleware(
-        SecurityHeaders, docs_paths=frozenset({"/docs", "/docs/oauth2-redirect", "/redoc"})
-    )
+    app.add_middleware(SecurityHeaders)
     if settings.loopback_only:
         app.add_middleware(LoopbackHostsOnly)
     # Outermost: every request is timed and logged, errors and 429s included.

@@ -41,9 +41,9 @@ WHERE f.fuid_raw = $1
 """
 
 DATASET_FILES_PAGE = """
-SELECT f.fuid_raw::text AS fuid_raw, f.dsid_raw, f.run_number, f.n_events, f.first_event,
-       f.last_event, f.first_loaded_at, f.last_loaded_at
-FROM files AS f
+SELECT f.fuid_raw::text AS fuid_raw, f.dsid_raw, d.name AS dataset, f.run_number, f.n_events,
+       f.first_event, f.last_event, f.first_loaded_at, f.last_loaded_at
+FROM files AS f LEFT JOIN datasets AS d ON d.id = f.dsid_raw
 WHERE f.dsid_raw = $1 AND (f.run_number, f.fuid_raw) > ($2, $3::uuid)
 ORDER BY f.run_number, f.fuid_raw
 LIMIT $4

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import logging
 import os
 import signal
@@ -13,10 +14,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import ValidationError
+from eventindex import __version__
 
-from eventindex.config import Settings, describe_validation_error
-from eventindex.middleware.requestlog import configure_logging
+# The client's commands (pick, --version, --help) run on a light install (httpx and the
+# standard library): what the service needs is imported where it is used.
 
 # --- SQL (bound parameters only; tests/test_sql_safety.py) ---
 
@@ -32,6 +33,22 @@ ORDER BY random() LIMIT $1
 if TYPE_CHECKING:
     import asyncpg
 
+    from eventindex.config import Settings
+
+# Commands that run the service's code, and the modules of the server extra they need.
+SERVER_COMMANDS = frozenset({"migrate", "serve", "check", "token", "shards", "load"})
+SERVER_MODULES = (
+    "fastapi",
+    "uvicorn",
+    "asyncpg",
+    "pydantic",
+    "pydantic_settings",
+    "orjson",
+    "jwt",
+    "prometheus_client",
+    "fastapi_offline",
+)
+
 
 class CliError(Exception):
     """A problem to report as one line and a non-zero exit."""
@@ -41,7 +58,21 @@ class CliError(Exception):
         self.code = code
 
 
+def require_server(command: str) -> None:
+    """One clear line, rather than an ImportError's traceback, on a client-only install."""
+    missing = [m for m in SERVER_MODULES if importlib.util.find_spec(m) is None]
+    if missing:
+        raise CliError(
+            f"eventindex {command} needs the service, which this install lacks "
+            f"({', '.join(missing)}): pip install 'eventindex[server]'"
+        )
+
+
 def load_settings(**overrides: Any) -> Settings:
+    from pydantic import ValidationError
+
+    from eventindex.config import Settings, describe_validation_error
+
     try:
         return Settings(**{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as exc:
@@ -106,6 +137,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from eventindex.middleware.httpguard import HeadLimits, protocol_factory
+    from eventindex.middleware.requestlog import configure_logging
 
     settings = load_settings(
         database_url=args.database_url,
@@ -127,6 +159,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # process past its exit handlers, and the embedded PostgreSQL (trusting every local
         # connection) would outlive it. Raised into this handler, it is a normal exit.
         signal.signal(signal.SIGTERM, _exit_on_sigterm)
+        # A hang-up (the terminal closed), which uvicorn does not handle, is made a SIGTERM:
+        # a graceful shutdown while uvicorn runs, then that normal exit. (Raised in its event
+        # loop's callbacks, SystemExit is taken for a transport's error and the loop goes on.)
+        signal.signal(signal.SIGHUP, _sigterm_on_hangup)
     if args.migrate or args.demo:
         applied = asyncio.run(_migrate(settings.database_url))
         if applied:
@@ -179,6 +215,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def _exit_on_sigterm(signum: int, frame: object) -> None:
     raise SystemExit(0)
+
+
+def _sigterm_on_hangup(signum: int, frame: object) -> None:
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def announce(settings: Settings) -> None:
@@ -500,6 +540,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="eventindex",
         description="EventIndex: the SPD event catalogue (run/event -> raw file).",
     )
+    parser.add_argument("--version", action="version", version=f"eventindex {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("migrate", help="apply pending database migrations")
@@ -665,6 +706,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in ("generate", "load") and argv[1:]:
         try:
+            if argv[0] in SERVER_COMMANDS:
+                require_server(argv[0])
             return _delegate(argv[0], argv[1:])
         except CliError as exc:
             print(f"eventindex: error: {exc}", file=sys.stderr)
@@ -673,6 +716,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
     try:
+        if args.command in SERVER_COMMANDS:
+            require_server(args.command)
         return func(args)
     except CliError as exc:
         print(f"eventindex: error: {exc}", file=sys.stderr)

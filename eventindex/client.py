@@ -17,6 +17,9 @@ answered twice or skipped. Memory is bounded by chunk size times concurrency.
 Instead of a token, a client may present an X.509 certificate or grid proxy that the
 service maps to a principal: ``EventIndexClient(url, cert=os.environ["X509_USER_PROXY"],
 ca="/etc/grid-security/certificates")`` (``clienttls.py``; with both, the token decides).
+
+It needs httpx and the standard library only (``pip install eventindex``): results are
+plain dataclasses, not the service's pydantic models.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import random
 import ssl
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterable, Iterator
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from types import TracebackType
@@ -39,17 +43,67 @@ from urllib.parse import quote
 from uuid import UUID
 
 import httpx
-import orjson
-from pydantic import TypeAdapter
 
 from eventindex.clienttls import ssl_context
-from eventindex.schemas import Event, LookupResponse, LookupResult
 
 Pair = tuple[int, int]
 NDJSON = "application/x-ndjson"
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
 
-_RESULTS = TypeAdapter(list[LookupResult])
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    run_number: int
+    event_number: int
+    fuid_raw: UUID  # the raw-data file holding the event
+    dsid_raw: int  # its dataset's id
+    olt_result: int  # bitmask of the Online Filter decisions that selected it
+
+
+@dataclass(frozen=True, slots=True)
+class LookupResult:
+    run_number: int
+    event_number: int
+    found: bool
+    fuid_raw: UUID | None
+    dsid_raw: int | None
+    olt_result: int | None
+
+    @classmethod
+    def from_json(cls, item: dict[str, Any]) -> LookupResult:
+        fuid = item["fuid_raw"]
+        return cls(
+            item["run_number"],
+            item["event_number"],
+            item["found"],
+            None if fuid is None else UUID(fuid),
+            item["dsid_raw"],
+            item["olt_result"],
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class LookupSummary:
+    requested: int
+    found: int
+    missing: int
+
+
+@dataclass(frozen=True, slots=True)
+class InvalidLine:
+    line: int
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class LookupResponse:
+    results: list[LookupResult]  # one per requested pair, in input order
+    summary: LookupSummary
+    invalid_lines: list[InvalidLine] | None = None
+
+
+def _results(batch: list[bytes]) -> list[LookupResult]:
+    return [LookupResult.from_json(item) for item in json.loads(b"[" + b",".join(batch) + b"]")]
 
 
 class EventIndexError(Exception):
@@ -109,8 +163,8 @@ def _tls_refusal(exc: BaseException) -> str | None:
 
 def _problem_error(status: int, body: bytes) -> ProblemError:
     try:
-        problem = orjson.loads(body)
-    except orjson.JSONDecodeError:
+        problem = json.loads(body)
+    except ValueError:  # not JSON, or not UTF-8
         problem = {}
     detail = problem.get("detail") if isinstance(problem, dict) else None
     return ProblemError(
@@ -218,7 +272,7 @@ class _ChunkFetch:
         lines = block.split(b"\n")
         for i, line in enumerate(lines):
             if line.startswith(b'{"error"'):
-                problem = orjson.loads(line)["error"]
+                problem = json.loads(line)["error"]
                 if problem.get("status", 500) >= 500 or problem.get("status") == 429:
                     answered = b"\n".join(lines[:i]) + b"\n" if i else b""
                     raise _RetryAfter(answered, problem)
@@ -353,17 +407,62 @@ class EventIndexClient:
             return None
         if response.status_code >= 400:
             raise _problem_error(response.status_code, response.content)
-        return Event.model_validate_json(response.content)
+        item = response.json()
+        return Event(
+            item["run_number"],
+            item["event_number"],
+            UUID(item["fuid_raw"]),
+            item["dsid_raw"],
+            item["olt_result"],
+        )
+
+    async def get_dataset(self, dataset: int) -> dict[str, Any] | None:
+        """The dataset's summary as the API gives it (name, counts, run range), or None."""
+        response = await self._request("GET", f"/v1/datasets/{int(dataset)}")
+        if response.status_code == 404:
+            return None
+        if response.status_code >= 400:
+            raise _problem_error(response.status_code, response.content)
+        found: dict[str, Any] = response.json()
+        return found
+
+    async def dataset_names(self) -> dict[int, str]:
+        """Every dataset's name by its id (``dsid_raw``), a page of the API at a time."""
+        names: dict[int, str] = {}
+        after: int | None = -1
+        while after is not None:
+            response = await self._request(
+                "GET", "/v1/datasets", params={"after": after, "limit": 1000}
+            )
+            if response.status_code >= 400:
+                raise _problem_error(response.status_code, response.content)
+            page = response.json()
+            names.update((int(d["id"]), str(d["name"])) for d in page["items"])
+            after = page["next_after"]
+        return names
+
+    async def decisions(self) -> dict[int, str]:
+        """The Online Filter decisions' names by bit of ``olt_result``."""
+        response = await self._request("GET", "/v1/online-filter/bits")
+        if response.status_code >= 400:
+            raise _problem_error(response.status_code, response.content)
+        return {int(b["bit"]): str(b["name"]) for b in response.json()}
 
     async def lookup(self, pairs: Iterable[Pair]) -> LookupResponse:
         """A small set (up to the server's max_json_pairs) in one JSON request."""
-        body = orjson.dumps({"pairs": [[int(r), int(e)] for r, e in pairs]})
+        body = json.dumps({"pairs": [[int(r), int(e)] for r, e in pairs]}).encode()
         response = await self._request(
             "POST", "/v1/lookup", content=body, headers={"content-type": "application/json"}
         )
         if response.status_code >= 400:
             raise _problem_error(response.status_code, response.content)
-        return LookupResponse.model_validate_json(response.content)
+        answer = response.json()
+        invalid = answer.get("invalid_lines")
+        return LookupResponse(
+            [LookupResult.from_json(item) for item in answer["results"]],
+            LookupSummary(**answer["summary"]),
+            None if invalid is None else [InvalidLine(**i) for i in invalid],
+        )
 
     async def lookup_stream_raw(
         self, pairs: Iterable[Pair] | AsyncIterable[Pair]
@@ -397,7 +496,7 @@ class EventIndexClient:
     ) -> AsyncIterator[LookupResult]:
         """One typed result per pair, in input order, for any number of pairs."""
         async for batch in self.lookup_stream_raw(pairs):
-            for result in _RESULTS.validate_json(b"[" + b",".join(batch) + b"]"):
+            for result in _results(batch):
                 yield result
 
     # --- data collection (write scope) ---
@@ -532,7 +631,7 @@ class SyncEventIndexClient:
                 batch = self._portal.call(_next_batch, stream)
                 if batch is None:
                     return
-                yield from _RESULTS.validate_json(b"[" + b",".join(batch) + b"]")
+                yield from _results(batch)
         finally:
             self._portal.call(stream.aclose)
 

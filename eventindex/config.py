@@ -13,8 +13,8 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-MAX_RUN_NUMBER = 2**31 - 1
-MAX_EVENT_NUMBER = 2**63 - 1
+from eventindex.pairs import MAX_EVENT_NUMBER as MAX_EVENT_NUMBER
+from eventindex.pairs import MAX_RUN_NUMBER as MAX_RUN_NUMBER
 
 
 class LogLevel(StrEnum):
@@ -349,7 +349,7 @@ class Settings(BaseSettings):
             )
         if self.docs_enabled:
             surfaces.append(
-                "the API documentation (/docs, /redoc, /openapi.json) is served to anyone "
+                "the API documentation (/docs, /openapi.json) is served to anyone "
                 "(EVENTINDEX_DOCS_ENABLED=false turns it off)"
             )
         if self.metrics_enabled and self.metrics_token is None:

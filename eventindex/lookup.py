@@ -48,6 +48,22 @@ LEFT JOIN eventindex_lookup($1::integer[], $2::bigint[]) AS x
        ON x.run_number = p.r AND x.event_number = p.e
 """
 
+# The same answers as CSV rows (Accept: text/csv), in the columns of CSV_HEADER; no field
+# needs quoting (numbers, a UUID, true/false).
+LOOKUP_BATCH_CSV = """
+SELECT convert_to(
+           string_agg(
+               p.r || ',' || p.e || CASE WHEN x.fuid_raw IS NULL THEN ',false,,,'
+                   ELSE ',true,' || x.fuid_raw || ',' || x.dsid_raw || ',' || x.olt_result END,
+               $3::text ORDER BY p.o),
+           'UTF8') AS body,
+       count(x.fuid_raw) AS found
+FROM unnest($1::integer[], $2::bigint[]) WITH ORDINALITY AS p (r, e, o)
+LEFT JOIN eventindex_lookup($1::integer[], $2::bigint[]) AS x
+       ON x.run_number = p.r AND x.event_number = p.e
+"""
+CSV_HEADER = b"run_number,event_number,found,fuid_raw,dsid_raw,olt_result\n"
+
 # One event: eventindex_lookup_one (migration 0009) is inlined into this query on a single
 # server (one index probe), and routed to the run's shard on a coordinator.
 GET_EVENT = """
@@ -82,13 +98,21 @@ class BatchResult:
 
 
 async def lookup_batch(
-    conn: Connection, runs: Sequence[int], events: Sequence[int], separator: str
+    conn: Connection,
+    runs: Sequence[int],
+    events: Sequence[int],
+    separator: str,
+    csv: bool = False,
 ) -> BatchResult:
-    """One query for the whole batch. Expects a connection from ``lookup_connection``."""
+    """One query for the whole batch (JSON objects, or CSV rows). Expects a connection from
+    ``lookup_connection``."""
     if not runs:
         return BatchResult(b"", 0, 0)
     with timed_query("lookup_batch"):
-        row = await conn.fetchrow(LOOKUP_BATCH_JSON, runs, events, separator)
+        if csv:
+            row = await conn.fetchrow(LOOKUP_BATCH_CSV, runs, events, separator)
+        else:
+            row = await conn.fetchrow(LOOKUP_BATCH_JSON, runs, events, separator)
     assert row is not None
     return BatchResult(bytes(row["body"]), len(runs), int(row["found"]))
 
@@ -102,7 +126,13 @@ async def lookup_connection(lane: Lane, *, bulk: bool = False) -> AsyncIterator[
 
 
 async def lookup_on_pool(
-    lane: Lane, runs: Sequence[int], events: Sequence[int], separator: str, *, bulk: bool = False
+    lane: Lane,
+    runs: Sequence[int],
+    events: Sequence[int],
+    separator: str,
+    csv: bool = False,
+    *,
+    bulk: bool = False,
 ) -> BatchResult:
     """One batch on a connection of its own, held only while the query runs.
 
@@ -112,11 +142,11 @@ async def lookup_on_pool(
     """
     try:
         async with lookup_connection(lane, bulk=bulk) as conn:
-            return await lookup_batch(conn, runs, events, separator)
+            return await lookup_batch(conn, runs, events, separator, csv)
     except BROKEN_CONNECTION_ERRORS:
         await asyncio.sleep(_RETRY_PAUSE)
     async with lookup_connection(lane, bulk=bulk) as conn:
-        return await lookup_batch(conn, runs, events, separator)
+        return await lookup_batch(conn, runs, events, separator, csv)
 
 
 async def lookup_batches(
@@ -125,6 +155,7 @@ async def lookup_batches(
     separator: str,
     *,
     width: int,
+    csv: bool = False,
     bulk: bool = True,
     interactive_below: int = 0,
 ) -> AsyncIterator[BatchResult]:
@@ -159,7 +190,9 @@ async def lookup_batches(
             this_bulk = bulk and not (first and len(runs) < interactive_below)
             first = False
             in_flight.append(
-                asyncio.create_task(lookup_on_pool(lane, runs, events, separator, bulk=this_bulk))
+                asyncio.create_task(
+                    lookup_on_pool(lane, runs, events, separator, csv, bulk=this_bulk)
+                )
             )
         while in_flight:
             result = await in_flight[0]

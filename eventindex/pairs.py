@@ -13,12 +13,22 @@ falls back to the line-by-line parser, which also words the errors.
 
 from __future__ import annotations
 
+import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
-import orjson
+# Imported by the client too (eventindex pick), whose install has the standard library and
+# httpx only: the service's faster orjson when it is there.
+_json_loads: Callable[[str | bytes], Any]
+try:
+    from orjson import loads as _json_loads
+except ImportError:  # pragma: no cover - the light client install
+    from json import loads as _json_loads
 
-from eventindex.config import MAX_EVENT_NUMBER, MAX_RUN_NUMBER
+MAX_RUN_NUMBER = 2**31 - 1
+MAX_EVENT_NUMBER = 2**63 - 1
 
 _FAST_TEXT = re.compile(rb"^[ \t]*(\d{1,10})(?:[ \t]*[,:/][ \t]*|[ \t]+)(\d{1,19})[ \t]*\r?$", re.M)
 _FAST_NDJSON = re.compile(
@@ -65,6 +75,21 @@ def _shown(text: str, quoted: bool = True) -> str:
     return repr(short) if quoted else short
 
 
+def _kind(value: object) -> str:
+    """A JSON value's kind, in the words of JSON rather than Python's type names."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true or false"
+    if isinstance(value, float):
+        return "a number with a fraction or exponent"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    return f"a {type(value).__name__}"
+
+
 def check_number(value: object, name: str, maximum: int) -> int:
     """An int within [0, maximum], or ValueError saying what it is instead."""
     if isinstance(value, bool) or not isinstance(value, int):
@@ -86,7 +111,7 @@ def check_number(value: object, name: str, maximum: int) -> int:
                 raise ValueError(f"{name} {digits} is negative")
             raise ValueError(f"{name} {digits} is larger than {maximum}")
         else:
-            raise ValueError(f"{name} must be a whole number, not {type(value).__name__}")
+            raise ValueError(f"{name} must be a whole number, not {_kind(value)}")
     assert isinstance(value, int)
     if value < 0:
         raise ValueError(f"{name} {value} is negative")
@@ -95,11 +120,20 @@ def check_number(value: object, name: str, maximum: int) -> int:
     return value
 
 
-def _parse_json_item(text: str) -> tuple[int, int]:
-    try:
-        item = orjson.loads(text)
-    except orjson.JSONDecodeError as exc:
-        raise ValueError(f"not valid JSON ({exc.args[0].split(':')[0]})") from None
+# Below 2**53 a float is exactly the integer written; from there on, 2**53 + 1 reads as 2**53.
+_EXACT_FLOAT = 2**53
+
+
+def _integral(value: Any) -> Any:
+    """JSON Schema's integer includes ``1234.0``: an integral float read exactly is its int."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < _EXACT_FLOAT:
+        return int(value)
+    return value
+
+
+def pair_from_json(item: Any, integral_floats: bool = False) -> tuple[int, int]:
+    """A pair from a decoded JSON item, ``[R, E]`` or ``{"run_number": R, "event_number": E}``,
+    or ValueError in the same words for an NDJSON line and an item of a JSON body."""
     if isinstance(item, dict):
         missing = _PAIR_KEYS - item.keys()
         if missing:
@@ -114,10 +148,98 @@ def _parse_json_item(text: str) -> tuple[int, int]:
         raise ValueError('expected {"run_number": R, "event_number": E} or [R, E]')
     if isinstance(run, str) or isinstance(event, str):
         raise ValueError("numbers must be JSON numbers, not strings")
+    if integral_floats:
+        run, event = _integral(run), _integral(event)
     return (
         check_number(run, "run_number", MAX_RUN_NUMBER),
         check_number(event, "event_number", MAX_EVENT_NUMBER),
     )
+
+
+def _parse_json_item(text: str) -> tuple[int, int]:
+    try:
+        item = _json_loads(text)
+    except json.JSONDecodeError as exc:  # orjson's error is a JSONDecodeError too
+        raise ValueError(f"not valid JSON ({exc.msg})") from None
+    except (ValueError, RecursionError):
+        # The standard library's: an integer of over 4300 digits, or nesting too deep.
+        raise ValueError("not valid JSON (a number too long or nesting too deep)") from None
+    return pair_from_json(item)
+
+
+@dataclass(frozen=True)
+class BodyError:
+    """One thing wrong with a JSON lookup body: a pair (by its index) or the body itself."""
+
+    pair: int | None
+    reason: str
+
+    @property
+    def loc(self) -> str:
+        return "" if self.pair is None else f"pairs[{self.pair}]"
+
+    def __str__(self) -> str:
+        return self.reason if self.pair is None else f"{self.loc}: {self.reason}"
+
+
+class JsonBodyError(ValueError):
+    def __init__(self, errors: list[BodyError], total: int | None = None) -> None:
+        self.errors = errors
+        self.total = total if total is not None else len(errors)
+        more = f" (and {self.total - 1} more bad pairs)" if self.total > 1 else ""
+        super().__init__(f"{errors[0]}{more}")
+
+    @classmethod
+    def body(cls, reason: str) -> JsonBodyError:
+        return cls([BodyError(None, reason)])
+
+
+_BODY_SHAPE = '{"pairs": [[run, event], ...]}'
+
+
+def parse_json_body(body: bytes) -> tuple[list[int], list[int]]:
+    """Runs and events of a JSON lookup body, or JsonBodyError naming each bad pair by its
+    index in the words of the line parser (up to MAX_REPORTED_ERRORS of them)."""
+    if not body.strip():
+        raise JsonBodyError.body(f"the request body is empty; send {_BODY_SHAPE}")
+    try:
+        doc = _json_loads(body)
+    except json.JSONDecodeError as exc:
+        raise JsonBodyError.body(
+            f"the request body is not valid JSON ({exc.msg} at line {exc.lineno} column "
+            f"{exc.colno})"
+        ) from None
+    except (ValueError, RecursionError):
+        raise JsonBodyError.body("the request body is not valid JSON") from None
+    if not isinstance(doc, dict):
+        raise JsonBodyError.body(f"the request body must be {_BODY_SHAPE}, not {_kind(doc)}")
+    if "pairs" not in doc:
+        raise JsonBodyError.body(f"pairs is missing; send {_BODY_SHAPE}")
+    extra = doc.keys() - {"pairs"}
+    if extra:
+        raise JsonBodyError.body(f"unexpected field {_shown(sorted(extra)[0])}; send {_BODY_SHAPE}")
+    items = doc["pairs"]
+    if not isinstance(items, list):
+        raise JsonBodyError.body(f"pairs must be a list of [run, event] pairs, not {_kind(items)}")
+    if not items:
+        raise JsonBodyError.body("pairs is empty: the request body contains no pairs")
+    runs: list[int] = []
+    events: list[int] = []
+    errors: list[BodyError] = []
+    total = 0
+    for i, item in enumerate(items):
+        try:
+            run, event = pair_from_json(item, integral_floats=True)
+        except ValueError as exc:
+            total += 1
+            if len(errors) < MAX_REPORTED_ERRORS:
+                errors.append(BodyError(i, str(exc)))
+            continue
+        runs.append(run)
+        events.append(event)
+    if errors:
+        raise JsonBodyError(errors, total)
+    return runs, events
 
 
 def _parse_text_piece(piece: str) -> tuple[int, int]:

@@ -72,6 +72,7 @@ _PROBLEM_DESCRIPTIONS = {
     403: "The credential lacks the scope the operation needs",
     404: "Not found",
     405: "Method not allowed",
+    406: "The Accept header names no form the operation answers in",
     408: "The request body did not arrive in time",
     409: "Conflicts with what exists",
     413: "The request body is too large",

@@ -19,6 +19,7 @@ from pydantic import (
 )
 
 from eventindex.config import MAX_EVENT_NUMBER, MAX_RUN_NUMBER
+from eventindex.pairs import parse_json_body
 
 RunNumber = Annotated[int, Field(ge=0, le=MAX_RUN_NUMBER, strict=True, examples=[1234])]
 EventNumber = Annotated[int, Field(ge=0, le=MAX_EVENT_NUMBER, strict=True, examples=[56789])]
@@ -107,12 +108,13 @@ class PlainLookupRequest(BaseModel):
 
 
 def parse_lookup_request(body: bytes) -> tuple[list[int], list[int]]:
-    """Runs and events of a JSON lookup request; ``ValidationError`` naming the bad pair."""
+    """Runs and events of a JSON lookup request; ``JsonBodyError`` naming each bad pair."""
     try:
         plain = PlainLookupRequest.model_validate_json(body)
     except ValidationError:
-        # Other item shapes, or an error: the full model accepts the one or words the other.
-        return LookupRequest.model_validate_json(body).columns()
+        # Other item shapes, or an error: the pair parser accepts the one or words the other
+        # as it words a bad line (run_number, event_number; the pair's index).
+        return parse_json_body(body)
     return [p[0] for p in plain.pairs], [p[1] for p in plain.pairs]
 
 

@@ -24,7 +24,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from eventindex.config import Settings
 from eventindex.db import Lane, PoolExhausted
-from eventindex.lookup import Batch, iterate_batches, lookup_batches
+from eventindex.lookup import CSV_HEADER, Batch, iterate_batches, lookup_batches
 from eventindex.metrics import count_pairs
 from eventindex.metrics import current as current_metrics
 from eventindex.pairs import PairParser, PairSyntaxError
@@ -32,6 +32,7 @@ from eventindex.problems import Problem, database_problem
 from eventindex.spool import BodyTooLarge, Spool
 
 NDJSON = "application/x-ndjson"
+CSV = "text/csv; charset=utf-8"
 MAX_LINE_BYTES = 64 * 1024
 # Rows of a catalogue stream fetched and sent at a time.
 CURSOR_BATCH = 5_000
@@ -51,6 +52,11 @@ def syntax_problem(exc: PairSyntaxError) -> Problem:
         str(exc),
         errors=[{"line": e.line, "message": e.reason} for e in exc.errors],
     )
+
+
+def no_pairs(empty: bool) -> Problem:
+    what = "is empty" if empty else "contains no pairs"
+    return Problem(422, "no-pairs", "No pairs", f"The request body {what}.")
 
 
 def _too_large_problem(limit: int) -> Problem:
@@ -96,6 +102,7 @@ async def spooled_batches(
     pending: list[bytes] = []
     pending_size = 0
     pieces = _pieces(spool)
+    empty = True
     while True:
         if runs and total and not spool.has_data():
             total += len(runs)
@@ -104,6 +111,7 @@ async def spooled_batches(
         data = await anext(pieces, b"")
         if not data:
             break
+        empty = False
         cut = data.rfind(b"\n")
         if cut < 0:
             pending.append(data)
@@ -148,7 +156,7 @@ async def spooled_batches(
             raise parser.failure
     elif not runs and total == 0:
         parser.raise_collected()
-        raise Problem(422, "no-pairs", "No pairs", "The request body contains no pairs.")
+        raise no_pairs(empty)
     # The last line may hold many pairs (";"): still no batch over batch_size.
     for start in range(0, len(runs), batch_size):
         yield runs[start : start + batch_size], events[start : start + batch_size]
@@ -181,9 +189,13 @@ class LookupStream(Response):
         pairs: tuple[list[int], list[int]] | None = None,
         *,
         report_invalid: bool = False,
+        csv: bool = False,
     ) -> None:
-        super().__init__(media_type=NDJSON)
+        super().__init__(media_type=CSV if csv else NDJSON)
         self.lane = lane
+        # CSV rows under a header line instead of NDJSON; such a stream has no way to say
+        # why it failed part-way: it is cut off, so that the client sees it incomplete.
+        self.csv = csv
         self.settings = settings
         self.pairs = pairs  # already parsed from a JSON body; else the body is read here
         # Bad lines are reported in the stream ({"line": N, "error": ...}) and skipped,
@@ -283,8 +295,10 @@ class LookupStream(Response):
             nonlocal started
             if not started:
                 started = True
-                headers = [(b"content-type", NDJSON.encode())]
+                headers = [(b"content-type", self.media_type.encode())]
                 await send({"type": "http.response.start", "status": 200, "headers": headers})
+                if self.csv:
+                    body = CSV_HEADER + body
             await send({"type": "http.response.body", "body": body, "more_body": True})
 
         try:
@@ -294,6 +308,7 @@ class LookupStream(Response):
                 batches,
                 "\n",
                 width=self.settings.stream_connections,
+                csv=self.csv,
                 interactive_below=self.settings.lookup_batch_size,
             ):
                 requested += result.requested
@@ -314,7 +329,7 @@ class LookupStream(Response):
         except asyncio.CancelledError:
             # The server is stopping (or the client left, and then this goes nowhere):
             # say so rather than end the output as if it were complete.
-            if started:
+            if started and not self.csv:
                 what = f"{requested} answers; ask again for the pairs after them"
                 await _last_words(send, _stopping_line(path, requested, what))
             raise
@@ -329,6 +344,13 @@ class LookupStream(Response):
             if not started:
                 response = problem.response(path)
                 await response(scope, _no_receive, send)
+                return
+            if self.csv:
+                # Cut off: without its last chunk the answer is seen to be incomplete (the
+                # server then logs that the response was not completed).
+                log.info(
+                    "CSV lookup stream cut off after %d answers: %s", requested, problem.detail
+                )
                 return
             await write(orjson.dumps({"error": problem.body(path)}) + b"\n")
         await write(b"")

@@ -103,10 +103,13 @@ async def test_files_and_their_events(api: httpx.AsyncClient, generated: Generat
         (r[0], r[1], r[2]) for r in mine
     ]
     assert (await api.get("/v1/files/00000000-0000-4000-8000-000000000000")).status_code == 404
+    with (generated.out / "datasets.csv").open() as f:
+        names = {int(d["id"]): d["name"] for d in csv.DictReader(f)}
     pages: list[str] = []
     params: dict[str, Any] = {"limit": 3}
     while True:
         page = (await api.get("/v1/datasets/1/files", params=params)).json()
+        assert {f["dataset"] for f in page["items"]} <= {names[1]}  # its name, not null
         pages += [f["fuid_raw"] for f in page["items"]]
         if page["next"] is None:
             break

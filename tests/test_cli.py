@@ -27,6 +27,24 @@ def test_help(args: list[str]) -> None:
     assert "usage: eventindex" in result.stdout
 
 
+def test_version() -> None:
+    import eventindex
+
+    result = run("--version")
+    assert (result.returncode, result.stdout) == (0, f"eventindex {eventindex.__version__}\n")
+
+
+@pytest.mark.parametrize(
+    "command", ["serve", "migrate", "pick", "check", "token", "shards", "generate", "load"]
+)
+def test_every_help_names_eventindex_and_only_helps(command: str) -> None:
+    result = run(command, "--help")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"usage: eventindex {command}"), result.stdout[:100]
+    assert "python -m" not in result.stdout
+    assert result.stderr == ""  # no embedded server started, nothing said about one
+
+
 def test_migrate_applies_then_is_a_no_op(scratch_database: str) -> None:
     first = run("migrate", "--database-url", scratch_database)
     assert first.returncode == 0, first.stderr

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import csv
+import io
 import os
 import random
 import signal
@@ -15,7 +17,7 @@ import httpx
 import pytest
 
 from eventindex.client import EventIndexClient, ProblemError, SyncEventIndexClient, UnavailableError
-from tests.support.catalogue import EVENTS_PER_RUN, RUNS, dsid_of, fuid_of
+from tests.support.catalogue import DATASETS, EVENTS_PER_RUN, RUNS, dsid_of, fuid_of, olt_of
 from tests.support.localpg import free_port
 from tests.support.servers import Server, run_server
 
@@ -162,6 +164,14 @@ def pick(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[
     )
 
 
+# The first Online Filter bits' names (migrations/, docs/cli.md), for olt_of(event) < 16.
+DECISIONS = ("minimum_bias", "high_multiplicity", "high_pt_hadron", "dimuon")
+
+
+def decision_names(event: int) -> str:
+    return ",".join(name for bit, name in enumerate(DECISIONS) if olt_of(event) >> bit & 1)
+
+
 def test_pick_formats_and_exit_codes(server: Server, tmp_path: Path) -> None:
     found_only = b"run event\n100 1\n100:2 # note\n101,300\n"
     with_missing = found_only + b"5 5\n"
@@ -173,22 +183,34 @@ def test_pick_formats_and_exit_codes(server: Server, tmp_path: Path) -> None:
         '"event_number":2',
         '"event_number":300',
     ]
+    assert ndjson.stderr == "eventindex: 3 pairs: 3 found, 0 missing\n"
 
     table = pick("--url", server.url, "--format", "table", stdin=with_missing)
     assert table.returncode == 3
     rows = table.stdout.splitlines()
-    assert rows[0].split()[:2] == ["run", "event"]
-    assert rows[1].split()[:3] == ["100", "1", fuid_of(100, 1)]
-    assert "(not found)" in rows[-1]
+    assert rows[0].split() == ["run", "event", "file", "(fuid_raw)", "dataset", "decisions"]
+    assert rows[1].split() == ["100", "1", fuid_of(100, 1), DATASETS[dsid_of(100)], "minimum_bias"]
+    assert rows[3].split() == [
+        "101", "300", fuid_of(101, 300), DATASETS[dsid_of(101)], decision_names(300)
+    ]  # fmt: skip
+    assert rows[-1].split() == ["5", "5", "(not", "found)"]
+    assert table.stderr == "eventindex: 4 pairs: 3 found, 1 missing\n"
 
     path = tmp_path / "picks.txt"
     path.write_bytes(with_missing)
     as_csv = pick(str(path), "--url", server.url, "--format", "csv")
     assert as_csv.returncode == 3
-    lines = as_csv.stdout.splitlines()
-    assert lines[0] == "run_number,event_number,found,fuid_raw,dsid_raw,olt_result"
-    assert lines[1] == f"100,1,True,{fuid_of(100, 1)},{dsid_of(100)},1"
-    assert lines[-1] == "5,5,False,,,"
+    lines = list(csv.reader(io.StringIO(as_csv.stdout)))
+    assert lines[0] == [
+        "run_number", "event_number", "found", "fuid_raw", "dsid_raw", "olt_result",
+        "dataset", "decisions",
+    ]  # fmt: skip
+    assert lines[1] == [
+        "100", "1", "true", fuid_of(100, 1), str(dsid_of(100)), "1",
+        DATASETS[dsid_of(100)], "minimum_bias",
+    ]  # fmt: skip
+    assert lines[3][5:] == [str(olt_of(300)), DATASETS[dsid_of(101)], decision_names(300)]
+    assert lines[-1] == ["5", "5", "false", "", "", "", "", ""]
 
     files = pick("--url", server.url, "--format", "files", stdin=with_missing)
     assert files.stdout.splitlines() == [f"{fuid_of(100, 1)} 2", f"{fuid_of(101, 300)} 1"]
@@ -199,12 +221,52 @@ def test_pick_formats_and_exit_codes(server: Server, tmp_path: Path) -> None:
     assert '"run_number":5' in missing.stdout
 
 
+def test_pick_skip_invalid_reports_bad_lines_and_looks_up_the_rest(server: Server) -> None:
+    # Good lines well past a chunk, then bad ones among them and at the end.
+    good = [(100 + i % 5, i % 1000) for i in range(1_200)]
+    lines = [b"%d %d" % p for p in good]
+    lines.insert(10, b"100 -5")
+    lines.insert(700, b"not a pair")
+    lines.append(b"101 x")
+    body = b"\n".join(lines) + b"\n"
+
+    stopped = pick("--url", server.url, "--chunk-size", "500", stdin=body)
+    assert stopped.returncode == 1
+    assert stopped.stdout == ""
+    assert stopped.stderr.splitlines() == [
+        "eventindex: error: stdin: line 11: event_number -5 is negative "
+        "(--skip-invalid skips bad lines, looks up the rest)"
+    ]
+
+    skipped = pick(
+        "--url", server.url, "--chunk-size", "500", "--format", "csv", "--skip-invalid",
+        stdin=body,
+    )  # fmt: skip
+    assert skipped.returncode == 0, skipped.stderr
+    rows = list(csv.reader(io.StringIO(skipped.stdout)))[1:]
+    assert [(int(r[0]), int(r[1])) for r in rows] == good
+    assert all(r[2] == "true" for r in rows)
+    assert skipped.stderr.splitlines() == [
+        "eventindex: stdin: line 11: event_number -5 is negative (skipped)",
+        "eventindex: stdin: line 701: expected 'run event' (or run:event, run,event, "
+        "run/event), got 'not a pair' (skipped)",
+        "eventindex: stdin: line 1203: event_number 'x' is not a whole number (skipped)",
+        "eventindex: 1,200 pairs: 1,200 found, 0 missing; 3 bad lines skipped",
+    ]
+
+    nothing = pick("--url", server.url, "--skip-invalid", stdin=b"x1\n1 -1\n")
+    assert nothing.returncode == 1
+    assert nothing.stderr.splitlines()[-1] == (
+        "eventindex: error: stdin: no pairs to look up, only 2 bad lines"
+    )
+
+
 def test_pick_errors_are_one_line(server: Server, tmp_path: Path) -> None:
     bad = pick("--url", server.url, stdin=b"100 1\nnot a pair\n")
     assert bad.returncode == 1
     assert bad.stderr.strip().splitlines() == [
-        "eventindex: error: -: line 2: expected 'run event' (or run:event, run,event, "
-        "run/event), got 'not a pair'"
+        "eventindex: error: stdin: line 2: expected 'run event' (or run:event, run,event, "
+        "run/event), got 'not a pair' (--skip-invalid skips bad lines, looks up the rest)"
     ]
     nofile = pick(str(tmp_path / "absent.txt"), "--url", server.url)
     assert nofile.returncode == 1

@@ -154,6 +154,7 @@ def test_constraints_pin_every_runtime_dependency() -> None:
         for line in (ROOT / "constraints.txt").read_text().splitlines()
         if "==" in line and not line.startswith("#")
     }
-    for requirement in project["dependencies"]:
+    extras = project["optional-dependencies"]
+    for requirement in project["dependencies"] + extras["server"] + extras["generate"]:
         name = re.split(r"[<>=\[ ;]", requirement, maxsplit=1)[0].lower().replace("_", "-")
         assert name in pins, f"{name} is not pinned in constraints.txt"

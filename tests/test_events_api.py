@@ -105,39 +105,192 @@ async def test_lookup_many_batches_in_order(client: httpx.AsyncClient) -> None:
     assert body["summary"] == {"requested": 4000, "found": found, "missing": 4000 - found}
 
 
+BODY_SHAPE = '{"pairs": [[run, event], ...]}'
+
+
 @pytest.mark.parametrize(
-    ("payload", "status", "needle"),
+    ("payload", "detail"),
     [
-        ({"pairs": []}, 422, "pairs"),
-        ({"pairs": [[1, 2], [-1, 2]]}, 422, "pairs[1]"),
-        ({"pairs": [[1, 2], [3, 4], [2147483648, 1]]}, 422, "pairs[2]"),
-        ({"pairs": [[1, 9223372036854775808]]}, 422, "pairs[0]"),
-        ({"pairs": [[1, "2"]]}, 422, "pairs[0]"),
-        ({"pairs": [[1, 2.5]]}, 422, "pairs[0]"),
-        ({"pairs": [[1, 2, 3]]}, 422, "pairs[0]"),
-        ({"pairs": [{"run_number": 1}]}, 422, "pairs[0]"),
-        ({"pairs": [{"run_number": 1, "event_number": 2, "x": 1}]}, 422, "pairs[0]"),
-        ({"pears": [[1, 2]]}, 422, "pairs"),
+        ({"pairs": []}, "pairs is empty: the request body contains no pairs"),
+        ({"pairs": [[1, 2], [-1, 2]]}, "pairs[1]: run_number -1 is negative"),
+        (
+            {"pairs": [[1, 2], [3, 4], [2147483648, 1]]},
+            f"pairs[2]: run_number 2147483648 is larger than {2**31 - 1}",
+        ),
+        (
+            {"pairs": [[1, 9223372036854775808]]},
+            f"pairs[0]: event_number 9223372036854775808 is larger than {2**63 - 1}",
+        ),
+        ({"pairs": [[1, "2"]]}, "pairs[0]: numbers must be JSON numbers, not strings"),
+        (
+            {"pairs": [[1, 2.5]]},
+            "pairs[0]: event_number must be a whole number, not a number with a fraction or "
+            "exponent",
+        ),
+        ({"pairs": [[None, 2]]}, "pairs[0]: run_number must be a whole number, not null"),
+        (
+            {"pairs": [[1, 2, 3]]},
+            'pairs[0]: expected {"run_number": R, "event_number": E} or [R, E]',
+        ),
+        ({"pairs": [{"run_number": 1}]}, "pairs[0]: missing event_number"),
+        (
+            {"pairs": [{"run_number": 1, "event_number": 2, "x": 1}]},
+            "pairs[0]: unexpected field 'x'",
+        ),
+        (
+            {"pairs": [[1, 2], {"run_number": -5, "event_number": 2}, [1, -3]]},
+            "pairs[1]: run_number -5 is negative (and 1 more bad pairs)",
+        ),
+        ({"pears": [[1, 2]]}, f"pairs is missing; send {BODY_SHAPE}"),
+        ({"pairs": [[1, 2]], "x": 1}, f"unexpected field 'x'; send {BODY_SHAPE}"),
+        ({"pairs": {"1": 2}}, "pairs must be a list of [run, event] pairs, not an object"),
+        ([[1, 2]], f"the request body must be {BODY_SHAPE}, not a list"),
     ],
 )
-async def test_lookup_invalid_pairs_name_the_pair(
-    client: httpx.AsyncClient, payload: Any, status: int, needle: str
+async def test_lookup_invalid_json_bodies_say_what_and_where(
+    client: httpx.AsyncClient, payload: Any, detail: str
 ) -> None:
-    body = assert_problem(await client.post("/v1/lookup", json=payload), status, needle)
+    body = assert_problem(await client.post("/v1/lookup", json=payload), 422)
+    assert body["detail"] == detail
     assert body["errors"]
 
 
 async def test_lookup_reports_index_of_bad_pair(client: httpx.AsyncClient) -> None:
-    response = await client.post("/v1/lookup", json={"pairs": [[1, 2], [3, -4]]})
+    response = await client.post("/v1/lookup", json={"pairs": [[1, 2], [3, -4], [-1, 0]]})
     body = assert_problem(response, 422, "pairs[1]")
-    assert body["errors"][0]["pair"] == 1
+    assert body["errors"] == [
+        {"loc": "pairs[1]", "pair": 1, "message": "event_number -4 is negative"},
+        {"loc": "pairs[2]", "pair": 2, "message": "run_number -1 is negative"},
+    ]
+
+
+async def test_json_and_text_bodies_word_a_bad_pair_alike(client: httpx.AsyncClient) -> None:
+    bad = [(-5, 1), (1, -5), (2**31, 1), (1, 2**63)]
+    as_json = await client.post("/v1/lookup", json={"pairs": [list(p) for p in bad]})
+    text = "".join(f"{r} {e}\n" for r, e in bad)
+    as_text = await client.post(
+        "/v1/lookup",
+        content=text,
+        headers={"content-type": "text/plain", "accept": "application/json"},
+    )
+    json_errors = assert_problem(as_json, 422)["errors"]
+    text_errors = assert_problem(as_text, 422)["errors"]
+    assert [e["pair"] for e in json_errors] == [0, 1, 2, 3]
+    assert [e["line"] for e in text_errors] == [1, 2, 3, 4]
+    assert [e["message"] for e in json_errors] == [e["message"] for e in text_errors]
+
+
+async def test_lookup_takes_integral_numbers_written_as_floats(client: httpx.AsyncClient) -> None:
+    # JSON Schema's integer includes 101.0; beyond 2**53 a float may not be the number sent.
+    response = await client.post("/v1/lookup", content=b'{"pairs": [[101.0, 42]]}')
+    assert response.status_code == 200, response.text
+    assert response.json()["results"] == [expected(101, 42)]
+    inexact = await client.post("/v1/lookup", content=b'{"pairs": [[1, 9007199254740993.0]]}')
+    assert_problem(inexact, 422, "pairs[0]: event_number must be a whole number")
+
+
+@pytest.mark.parametrize(
+    ("content_type", "detail"),
+    [
+        ("application/json", f"the request body is empty; send {BODY_SHAPE}"),
+        ("text/plain", "The request body is empty."),
+        (NDJSON, "The request body is empty."),
+    ],
+)
+async def test_an_empty_body_says_so(
+    client: httpx.AsyncClient, content_type: str, detail: str
+) -> None:
+    for accept in ("application/json", NDJSON):
+        response = await client.post(
+            "/v1/lookup", content=b"", headers={"content-type": content_type, "accept": accept}
+        )
+        assert assert_problem(response, 422)["detail"] == detail
 
 
 async def test_lookup_malformed_json(client: httpx.AsyncClient) -> None:
     response = await client.post(
         "/v1/lookup", content=b'{"pairs": [[1, 2]', headers={"content-type": "application/json"}
     )
-    assert_problem(response, 422)
+    assert assert_problem(response, 422)["detail"] == (
+        "the request body is not valid JSON (unexpected end of data at line 1 column 18)"
+    )
+
+
+CSV_HEAD = "run_number,event_number,found,fuid_raw,dsid_raw,olt_result"
+
+
+def csv_row(run: int, event: int) -> str:
+    e = expected(run, event)
+    if not e["found"]:
+        return f"{run},{event},false,,,"
+    return f"{run},{event},true,{e['fuid_raw']},{e['dsid_raw']},{e['olt_result']}"
+
+
+@pytest.mark.parametrize(
+    "accept", ["text/csv", "text/csv; charset=utf-8", "text/*", "text/csv;q=0.5, text/html"]
+)
+async def test_lookup_answers_csv_when_asked(client: httpx.AsyncClient, accept: str) -> None:
+    rng = random.Random(3)
+    pairs = [(rng.choice([*RUNS, 7]), rng.randrange(1100)) for _ in range(3000)]
+    text = "".join(f"{r} {e}\n" for r, e in pairs)
+    want = "\n".join([CSV_HEAD, *(csv_row(r, e) for r, e in pairs)]) + "\n"
+    as_text = await client.post(
+        "/v1/lookup", content=text, headers={"content-type": "text/plain", "accept": accept}
+    )
+    assert as_text.status_code == 200, as_text.text
+    assert as_text.headers["content-type"] == "text/csv; charset=utf-8"
+    assert as_text.text == want
+    as_json = await client.post("/v1/lookup", json={"pairs": pairs}, headers={"accept": accept})
+    assert as_json.headers["content-type"] == "text/csv; charset=utf-8"
+    assert as_json.text == want
+
+
+@pytest.mark.parametrize(
+    ("accept", "json_body", "text_body"),
+    [
+        (None, "json", "ndjson"),
+        ("*/*", "json", "ndjson"),
+        ("application/*", "json", "ndjson"),
+        ("application/json", "json", "json"),
+        (NDJSON, "ndjson", "ndjson"),
+        ("application/jsonl", "ndjson", "ndjson"),
+        ("application/json, application/x-ndjson", "ndjson", "ndjson"),
+        ("application/x-ndjson;q=0.5, application/json", "json", "json"),
+        ("text/html,application/xhtml+xml,*/*;q=0.8", "json", "ndjson"),
+        ("text/csv;q=0, */*", "json", "ndjson"),
+        ("text/html", 406, 406),
+        ("application/xml, text/plain", 406, 406),
+        ("application/problem+json", 406, 406),
+        ("application/json;q=0", 406, 406),
+        ("nonsense", 406, 406),
+    ],
+)
+async def test_lookup_answers_in_the_accepted_form(
+    client: httpx.AsyncClient, accept: str | None, json_body: Any, text_body: Any
+) -> None:
+    headers = {} if accept is None else {"accept": accept}
+    forms = {"json": "application/json", "ndjson": NDJSON}
+    by_json = await client.post("/v1/lookup", json={"pairs": [[101, 1]]}, headers=headers)
+    by_text = await client.post(
+        "/v1/lookup", content=b"101 1\n", headers={**headers, "content-type": "text/plain"}
+    )
+    for response, want in ((by_json, json_body), (by_text, text_body)):
+        if want == 406:
+            body = assert_problem(response, 406, "application/json", NDJSON, "text/csv")
+            assert body["type"].endswith("not-acceptable")
+        else:
+            assert response.status_code == 200, response.text
+            assert response.headers["content-type"].startswith(forms[want])
+
+
+async def test_csv_with_invalid_report_is_refused(client: httpx.AsyncClient) -> None:
+    response = await client.post(
+        "/v1/lookup",
+        params={"invalid": "report"},
+        content=b"101 1\nx y\n",
+        headers={"content-type": "text/plain", "accept": "text/csv"},
+    )
+    assert_problem(response, 422, "invalid=report", NDJSON)
 
 
 async def test_lookup_unsupported_media_type(client: httpx.AsyncClient) -> None:
@@ -255,7 +408,10 @@ async def test_stream_without_pairs_is_422(client: httpx.AsyncClient, body: byte
     response = await client.post(
         "/v1/lookup", content=body, headers={"content-type": "text/plain", "accept": NDJSON}
     )
-    assert_problem(response, 422, "no pairs")
+    body_text = assert_problem(response, 422)["detail"]
+    assert body_text == (
+        "The request body is empty." if not body else "The request body contains no pairs."
+    )
 
 
 async def test_openapi_documents_endpoints(client: httpx.AsyncClient) -> None:

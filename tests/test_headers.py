@@ -26,10 +26,14 @@ async def test_every_response_has_the_security_headers(client: httpx.AsyncClient
         assert response.headers["x-frame-options"] == "DENY", path
         assert response.headers["content-security-policy"] == CONTENT_SECURITY_POLICY, path
     assert "unsafe-inline" not in CONTENT_SECURITY_POLICY
-    # FastAPI's docs page needs its inline bootstrap: it keeps only the framing rules.
+    # The API docs (Swagger UI) run only the service's own files too, under the same policy
+    # (tests/test_apidocs.py renders them in Chromium); /redoc leads there.
     docs = await client.get("/docs")
-    assert docs.headers["content-security-policy"] == "frame-ancestors 'none'"
+    assert docs.headers["content-security-policy"] == CONTENT_SECURITY_POLICY
     assert docs.headers["x-frame-options"] == "DENY"
+    assert "http" not in docs.text  # nothing from elsewhere
+    redoc = await client.get("/redoc")
+    assert (redoc.status_code, redoc.headers["location"]) == (308, "/docs")
 
 
 async def test_cors_is_closed_by_default(client: httpx.AsyncClient) -> None:

@@ -166,35 +166,113 @@ async def test_metrics_answer_on_a_database_not_migrated_yet(server_url: str) ->
         await drop_database(server_url, name)
 
 
-def test_sigterm_stops_the_embedded_postgresql(tmp_path: Path) -> None:
-    """Found by the adversarial pass: `eventindex serve` on its embedded PostgreSQL, stopped
-    with SIGTERM (systemd, docker stop, kill), left the database server running (uvicorn
-    re-raises the signal past the exit handlers); only Ctrl-C stopped it."""
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EVENTINDEX_")}
-    env |= {"EVENTINDEX_DATA_DIR": str(tmp_path / "data"), "EVENTINDEX_PORT": str(port)}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "eventindex", "serve", "--migrate"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    pid_file = tmp_path / "data" / "pgdata" / "postmaster.pid"
-    try:
+class EmbeddedRun:
+    """``eventindex serve`` on its embedded PostgreSQL under ``data_dir``, in a session of its
+    own (signals sent to it reach it alone), its log in a file."""
+
+    def __init__(self, data_dir: Path, log: Path) -> None:
+        self.port = free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("EVENTINDEX_")}
+        env |= {"EVENTINDEX_DATA_DIR": str(data_dir), "EVENTINDEX_PORT": str(self.port)}
+        self.log = log
+        with log.open("w") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "eventindex", "serve", "--migrate"],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.pid_file = data_dir / "pgdata" / "postmaster.pid"
         for _ in range(300):  # bounded: the server answers once the database is up
             with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=1).status_code == 200:
+                if httpx.get(f"http://127.0.0.1:{self.port}/ready", timeout=1).status_code == 200:
                     break
-            assert proc.poll() is None, "serve exited"
+            assert self.proc.poll() is None, "serve exited: " + log.read_text()
             time.sleep(0.1)
-        postmaster = int(pid_file.read_text().split()[0])
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(60) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    for _ in range(100):  # bounded: pg_ctl stop waits for the server to go
-        if not Path(f"/proc/{postmaster}").exists():
-            break
+        else:
+            raise AssertionError("serve did not start: " + log.read_text())
+        self.postmaster = int(self.pid_file.read_text().split()[0])
+
+    def stop(self, signum: int) -> int:
+        self.proc.send_signal(signum)
+        try:
+            return self.proc.wait(60)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+
+
+def running(pid: int) -> bool:
+    """Whether the process still runs; waits (bounded) for one that is stopping."""
+    for _ in range(100):  # pg_ctl stop waits for the server to go
+        if not Path(f"/proc/{pid}").exists():
+            return False
         time.sleep(0.1)
-    assert not Path(f"/proc/{postmaster}").exists(), "the embedded PostgreSQL still runs"
+    return True
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
+def test_stopping_serve_stops_the_embedded_postgresql(tmp_path: Path, signum: int) -> None:
+    """Found by the adversarial pass: `eventindex serve` on its embedded PostgreSQL, stopped
+    with SIGTERM (systemd, docker stop, kill), left the database server running (uvicorn
+    re-raises the signal past the exit handlers). Ctrl-C (SIGINT) and a closed terminal
+    (SIGHUP, which uvicorn does not handle) must stop it too."""
+    run = EmbeddedRun(tmp_path / "data", tmp_path / "serve.log")
+    assert run.stop(signum) == 0
+    assert not running(run.postmaster), "the embedded PostgreSQL still runs"
+    assert "embedded PostgreSQL stopped" in run.log.read_text()
+
+
+def test_a_server_left_by_a_killed_run_is_reused_then_stopped(tmp_path: Path) -> None:
+    """Found: after `./dev run` was killed outright, its PostgreSQL ran on, and the next run,
+    reusing it, never stopped it either (the wheel still counted the dead run as a user)."""
+    data = tmp_path / "data"
+    killed = EmbeddedRun(data, tmp_path / "killed.log")
+    killed.stop(signal.SIGKILL)
+    assert running(killed.postmaster)  # nothing could stop it
+
+    second = EmbeddedRun(data, tmp_path / "second.log")
+    assert second.postmaster == killed.postmaster  # found and reused
+    assert (
+        f"reusing the embedded PostgreSQL (pid {killed.postmaster}) left running by a run that "
+        f"was killed (process {killed.proc.pid}); it stops with this one"
+    ) in second.log.read_text()
+    assert second.stop(signal.SIGINT) == 0
+    assert not running(killed.postmaster)
+
+
+def embedded_command(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "eventindex.embedded", *args],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+
+
+def test_dev_stop_and_reset_stop_a_server_a_killed_run_left(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    first = EmbeddedRun(data, tmp_path / "first.log")
+    # In use by a live run: refused, in one line.
+    busy = embedded_command("stop", "--data-dir", str(data))
+    assert busy.returncode == 1
+    assert busy.stderr.splitlines() == [
+        f"eventindex: error: the embedded PostgreSQL in {(data / 'pgdata').resolve()} is in use "
+        f"by process {first.proc.pid}: stop that first (Ctrl-C, or kill PID)"
+    ]
+    first.stop(signal.SIGKILL)
+    stopped = embedded_command("stop", "--data-dir", str(data))
+    assert stopped.returncode == 0, stopped.stderr
+    assert stopped.stdout.endswith(": stopped it\n")
+    assert not running(first.postmaster)
+    again = embedded_command("stop", "--data-dir", str(data))
+    assert again.stdout.endswith(": it was not running\n")
+
+    second = EmbeddedRun(data, tmp_path / "second.log")
+    second.stop(signal.SIGKILL)
+    reset = embedded_command("reset", "--data-dir", str(data))
+    assert reset.returncode == 0, reset.stderr
+    assert "stopped it and deleted its data" in reset.stdout
+    assert not running(second.postmaster)
+    assert not (data / "pgdata").exists()
+    nothing = embedded_command("stop", "--data-dir", str(data))
+    assert nothing.stdout == f"eventindex: no embedded PostgreSQL in {data.resolve()}\n"

@@ -18,18 +18,19 @@ import orjson
 import pytest
 from hypothesis import HealthCheck, example, given, note, settings
 from hypothesis import strategies as st
-from pydantic import ValidationError
 
 from eventindex import streaming
 from eventindex.config import MAX_EVENT_NUMBER, MAX_RUN_NUMBER
 from eventindex.pairs import (
     MAX_REPORTED_ERRORS,
+    JsonBodyError,
     LineError,
     PairParser,
     PairSyntaxError,
     parse_text,
 )
-from eventindex.problems import Problem, validation_problem
+from eventindex.problems import Problem
+from eventindex.routes.events import json_body_problem
 from eventindex.schemas import parse_lookup_request
 from eventindex.spool import BodyTooLarge, Spool
 from eventindex.streaming import spooled_batches, syntax_problem
@@ -835,10 +836,14 @@ JSON_BODIES = st.one_of(
 def check_json_body(body: bytes) -> list[Pair] | None:
     try:
         runs, events = parse_lookup_request(body)
-    except ValidationError as exc:
-        problem = validation_problem(exc.errors(), "pairs")
+    except JsonBodyError as exc:
+        problem = json_body_problem(exc)
         assert problem.status == 422
         orjson.dumps(problem.body("/v1/lookup"))
+        for error in problem.extra["errors"]:
+            # A bad pair is named by its index, and by the number that is wrong, if one is.
+            if "pair" in error:
+                assert error["loc"] == f"pairs[{error['pair']}]"
         return None
     pairs = list(zip(runs, events, strict=True))
     assert pairs
@@ -877,7 +882,7 @@ def test_json_body_round_trips(pairs: list[Pair], shapes: st.DataObject) -> None
 
 def test_json_body_nested_deeply_is_a_validation_error() -> None:
     for body in (b"[" * 100_000 + b"]" * 100_000, b'{"pairs": ' + b"[" * 100_000):
-        with pytest.raises(ValidationError):
+        with pytest.raises(JsonBodyError):
             parse_lookup_request(body)
 
 

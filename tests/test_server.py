@@ -11,7 +11,14 @@ import httpx
 import orjson
 import pytest
 
-from tests.support.catalogue import EVENTS_PER_RUN, RUNS, busy_lookup_backends, fuid_of
+from tests.support.catalogue import (
+    EVENTS_PER_RUN,
+    RUNS,
+    busy_lookup_backends,
+    dsid_of,
+    fuid_of,
+    olt_of,
+)
 from tests.support.servers import Server, endless_upload, feed, run_server
 
 # Slow tier: real servers, many requests or many examples (./dev check skips it).
@@ -112,3 +119,39 @@ async def test_client_going_away_frees_connections(server: Server, database_url:
             break
         await asyncio.sleep(0.1)
     assert await busy_lookup_backends(database_url) == 0
+
+
+async def test_a_csv_stream_that_fails_part_way_is_cut_off(http: httpx.AsyncClient) -> None:
+    # A bad line past the first batch (20,000 pairs by default), after answers went out:
+    # NDJSON says so in a last line; CSV cannot, so the answer is left incomplete (no last
+    # chunk), which a client sees as an error rather than as a complete, shorter file.
+    body = b"".join(b"101 %d\n" % (i % 1000) for i in range(25_000)) + b"101 -5\n"
+    received: list[bytes] = []
+    headers: dict[str, str] = {}
+
+    async def read() -> None:
+        async with http.stream(
+            "POST",
+            "/v1/lookup",
+            content=body,
+            headers={"content-type": "text/plain", "accept": "text/csv"},
+        ) as response:
+            headers.update(response.headers)
+            async for chunk in response.aiter_bytes():
+                received.append(chunk)
+
+    with pytest.raises(httpx.RemoteProtocolError):
+        await read()
+    assert headers["content-type"] == "text/csv; charset=utf-8"
+    lines = b"".join(received).decode().splitlines()
+    assert lines[0] == "run_number,event_number,found,fuid_raw,dsid_raw,olt_result"
+    assert lines[1] == f"101,0,true,{fuid_of(101, 0)},{dsid_of(101)},{olt_of(0)}"
+    assert len(lines) - 1 == 25_000  # every line before the bad one is answered
+    # The same request as complete CSV when it has no bad line.
+    whole = await http.post(
+        "/v1/lookup",
+        content=body[: -len(b"101 -5\n")],
+        headers={"content-type": "text/plain", "accept": "text/csv"},
+    )
+    assert whole.status_code == 200
+    assert len(whole.text.splitlines()) == 25_001

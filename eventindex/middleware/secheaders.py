@@ -1,10 +1,8 @@
 """Security headers on every response.
 
-The web page runs only the service's own script and style files (no inline
-script, no CDN), so its policy can forbid everything else. The interactive API
-docs (Swagger UI, ReDoc) are FastAPI's pages: they load their code from a CDN
-with an inline bootstrap script, so they get only the framing and sniffing
-protections; production deployments can turn them off (``EVENTINDEX_DOCS_ENABLED``).
+The web page and the API docs (Swagger UI, routes/apidocs.py) run only the service's
+own script and style files (no inline script, no CDN), so one policy forbids everything
+else on every page.
 """
 
 from __future__ import annotations
@@ -16,7 +14,6 @@ CONTENT_SECURITY_POLICY = (
     "connect-src 'self'; font-src 'self'; manifest-src 'self'; base-uri 'none'; "
     "form-action 'self'; frame-ancestors 'none'"
 )
-_DOCS_POLICY = "frame-ancestors 'none'"
 
 _COMMON = [
     (b"x-content-type-options", b"nosniff"),
@@ -25,7 +22,6 @@ _COMMON = [
     (b"cross-origin-opener-policy", b"same-origin"),
 ]
 _STRICT = [*_COMMON, (b"content-security-policy", CONTENT_SECURITY_POLICY.encode())]
-_DOCS = [*_COMMON, (b"content-security-policy", _DOCS_POLICY.encode())]
 # Over HTTPS (served directly, or behind a trusted proxy that says so): browsers must
 # not fall back to plain http for a year.
 _HSTS = [(b"strict-transport-security", b"max-age=31536000")]
@@ -33,15 +29,14 @@ _NAMES = {name for name, _ in _STRICT} | {_HSTS[0][0]}
 
 
 class SecurityHeaders:
-    def __init__(self, app: ASGIApp, docs_paths: frozenset[str]) -> None:
+    def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self.docs_paths = docs_paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        extra = _DOCS if scope.get("path") in self.docs_paths else _STRICT
+        extra = _STRICT
         if scope.get("scheme") == "https":
             extra = extra + _HSTS
 

@@ -8,7 +8,6 @@ from typing import Annotated, Any, Literal
 import orjson
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import Response
-from pydantic import ValidationError
 
 from eventindex import lookup
 from eventindex.auth import require
@@ -16,10 +15,10 @@ from eventindex.config import MAX_EVENT_NUMBER, MAX_RUN_NUMBER, Settings
 from eventindex.db import Lane
 from eventindex.deps import DatabaseDep, SettingsDep
 from eventindex.middleware.bodylimits import too_slow
-from eventindex.pairs import PairParser, PairSyntaxError
-from eventindex.problems import Problem, problem_responses, validation_problem
+from eventindex.pairs import JsonBodyError, PairParser, PairSyntaxError
+from eventindex.problems import Problem, problem_responses
 from eventindex.schemas import ASCII_DIGITS, Event, LookupResponse, parse_lookup_request
-from eventindex.streaming import NDJSON, LookupStream, syntax_problem
+from eventindex.streaming import NDJSON, LookupStream, no_pairs, syntax_problem
 
 router = APIRouter(prefix="/v1", tags=["event picking"], dependencies=[Depends(require("read"))])
 
@@ -75,7 +74,13 @@ _LOOKUP_BODY_DOC: dict[str, Any] = {
                     "schema": {"$ref": "#/components/schemas/LookupResult"},
                     "example": '{"run_number":1234,"event_number":56789,"found":true,'
                     '"fuid_raw":"0b5e6a8e-8f3e-4a0c-9b1e-1f2a3b4c5d6e","dsid_raw":1,"olt_result":5}\n',
-                }
+                },
+                "text/csv": {
+                    "schema": {"type": "string"},
+                    "example": "run_number,event_number,found,fuid_raw,dsid_raw,olt_result\n"
+                    "1234,56789,true,0b5e6a8e-8f3e-4a0c-9b1e-1f2a3b4c5d6e,1,5\n"
+                    "1234,56790,false,,,\n",
+                },
             }
         }
     },
@@ -92,9 +97,11 @@ _LOOKUP_BODY_DOC: dict[str, Any] = {
         "`Content-Type: application/x-ndjson` or `text/plain`). With `Accept: "
         "application/x-ndjson` the answer is streamed, one line per pair in input order, and "
         "the request may be of any size; a stream that fails part-way ends with a line "
-        '`{"error": {...}}`. JSON answers are limited to `max_json_pairs` pairs.'
+        '`{"error": {...}}`. `Accept: text/csv` streams CSV rows under a header line (a CSV '
+        "stream that fails part-way is cut off, seen as incomplete). JSON answers are limited "
+        "to `max_json_pairs` pairs. Another `Accept` gets 406."
     ),
-    responses=problem_responses(401, 403, 408, 413, 415, 422, 503),
+    responses=problem_responses(401, 403, 406, 408, 413, 415, 422, 503),
     openapi_extra=_LOOKUP_BODY_DOC,
 )
 async def lookup_pairs(
@@ -112,44 +119,132 @@ async def lookup_pairs(
 ) -> Response:
     content_type = request.headers.get("content-type", "application/json")
     media = content_type.split(";", 1)[0].strip().lower()
-    accept = request.headers.get("accept", "")
-    wants_stream = any(t in accept for t in ("ndjson", "jsonl", "json-lines"))
+    json_body = media == "application/json" or media.endswith("+json")
+    if not json_body and media not in _LINE_TYPES:
+        raise Problem(
+            415,
+            "unsupported-media-type",
+            "Unsupported media type",
+            f"Content-Type {media!r} is not accepted; use application/json, "
+            "application/x-ndjson or text/plain.",
+        )
+    answer = negotiate(request.headers.get("accept"), "json" if json_body else "ndjson")
 
-    if media == "application/json" or media.endswith("+json"):
+    if json_body:
         body = await _read_limited(request, settings.max_body_bytes, settings.body_timeout)
         try:
             runs, events = parse_lookup_request(body)
-        except ValidationError as exc:
-            raise validation_problem(exc.errors(), "pairs") from None
+        except JsonBodyError as exc:
+            raise json_body_problem(exc) from None
         _check_count(len(runs), settings)
-        if wants_stream:
-            return LookupStream(db.reads, settings, (runs, events))
+        if answer != "json":
+            return LookupStream(db.reads, settings, (runs, events), csv=answer == "csv")
         return await _json_answer(request, db.reads, settings, runs, events)
 
-    if media in _LINE_TYPES:
-        report = invalid == "report"
-        if wants_stream or "application/json" not in accept:
-            return LookupStream(db.reads, settings, report_invalid=report)
-        body = await _read_limited(request, settings.max_body_bytes, settings.body_timeout)
-        parser = PairParser(collect_errors=True)
-        runs, events = parser.feed(body)
-        if parser.errors and (not report or not runs):
-            raise syntax_problem(PairSyntaxError(parser.errors, parser.error_count))
-        if not runs:
-            raise Problem(422, "no-pairs", "No pairs", "The request body contains no pairs.")
-        _check_count(len(runs), settings)
-        extra = {"invalid_lines": [{"line": e.line, "error": e.reason} for e in parser.errors]}
-        return await _json_answer(
-            request, db.reads, settings, runs, events, extra if report else None
+    report = invalid == "report"
+    if answer == "csv" and report:
+        raise Problem(
+            422,
+            "invalid-report-needs-json",
+            "invalid=report cannot be answered in CSV",
+            "CSV has no place for the bad lines that invalid=report reports: ask for "
+            f"'Accept: {NDJSON}' or application/json, or leave invalid=report out.",
+        )
+    if answer != "json":
+        return LookupStream(db.reads, settings, report_invalid=report, csv=answer == "csv")
+    body = await _read_limited(request, settings.max_body_bytes, settings.body_timeout)
+    parser = PairParser(collect_errors=True)
+    runs, events = parser.feed(body)
+    if parser.errors and (not report or not runs):
+        raise syntax_problem(PairSyntaxError(parser.errors, parser.error_count))
+    if not runs:
+        raise no_pairs(not body)
+    _check_count(len(runs), settings)
+    extra = {"invalid_lines": [{"line": e.line, "error": e.reason} for e in parser.errors]}
+    return await _json_answer(request, db.reads, settings, runs, events, extra if report else None)
+
+
+# What /v1/lookup answers in, by media type.
+_ANSWERS = {
+    "application/x-ndjson": "ndjson",
+    "application/ndjson": "ndjson",
+    "application/jsonl": "ndjson",
+    "application/json-lines": "ndjson",
+    "application/json": "json",
+    "text/csv": "csv",
+}
+# Types named with the same quality: the stream first (as before there was CSV), then JSON.
+_ORDER = ("ndjson", "json", "csv")
+
+
+def negotiate(accept: str | None, default: str) -> str:
+    """The answer's form from the Accept header: ``json``, ``ndjson`` or ``csv``.
+
+    The highest quality wins, then the most specific range that names it; among types named
+    alike, a stream first (as before there was a choice); among wildcards, ``default`` (JSON
+    for a JSON body, a stream for lines). Absent, or only ``*/*``: ``default``. Nothing
+    acceptable: 406.
+    """
+    if accept is None or not accept.strip():
+        return default
+    best: dict[str, tuple[float, int]] = {}
+    for part in accept.split(","):
+        media, *params = (p.strip() for p in part.split(";"))
+        media = media.lower()
+        q = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    q = min(max(float(value), 0.0), 1.0)
+                except ValueError:
+                    q = 0.0
+        kind, _, subtype = media.partition("/")
+        for answer_type, answer in _ANSWERS.items():
+            answer_kind = answer_type.split("/")[0]
+            if media == answer_type:
+                specificity = 2
+            elif subtype == "*" and kind in ("*", answer_kind):
+                specificity = 0 if kind == "*" else 1
+            else:
+                continue
+            # The most specific range naming a form sets its quality (RFC 9110, 12.5.1).
+            if answer not in best or specificity > best[answer][1]:
+                best[answer] = (q, specificity)
+    acceptable = [(q, s, a) for a, (q, s) in best.items() if q > 0]
+    if not acceptable:
+        raise Problem(
+            406,
+            "not-acceptable",
+            "Not acceptable",
+            f"Accept {_shown(accept)} names no form this operation answers in: "
+            f"application/json, {NDJSON} or text/csv.",
         )
 
-    raise Problem(
-        415,
-        "unsupported-media-type",
-        "Unsupported media type",
-        f"Content-Type {media!r} is not accepted; use application/json, "
-        "application/x-ndjson or text/plain.",
-    )
+    def rank(item: tuple[float, int, str]) -> tuple[float, int, int]:
+        q, specificity, answer = item
+        if specificity == 2:
+            preference = len(_ORDER) - _ORDER.index(answer)
+        else:
+            preference = len(_ORDER) + 1 if answer == default else 0
+        return q, specificity, preference
+
+    return max(acceptable, key=rank)[2]
+
+
+def _shown(text: str) -> str:
+    return repr(text if len(text) <= 100 else text[:100] + "...")
+
+
+def json_body_problem(exc: JsonBodyError) -> Problem:
+    """A 422 naming each bad pair by its index, in the words of the line parser."""
+    errors = []
+    for e in exc.errors[:100]:
+        item: dict[str, Any] = {"loc": e.loc, "message": e.reason}
+        if e.pair is not None:
+            item["pair"] = e.pair
+        errors.append(item)
+    return Problem(422, "invalid-request", "Invalid request", str(exc), errors=errors)
 
 
 def _check_count(n: int, settings: Settings) -> None:
