@@ -100,9 +100,6 @@ def pems(*chain: x509.Certificate) -> tuple[str, ...]:
     return tuple(c.public_bytes(serialization.Encoding.PEM).decode() for c in chain)
 
 
-NOW = dt.datetime.now(dt.UTC)
-
-
 def test_a_proxy_chain_is_its_end_entity() -> None:
     ca = TestCA()
     alice = ca.user(ALICE)
@@ -115,44 +112,44 @@ def test_a_proxy_chain_is_its_end_entity() -> None:
     ):
         read = certs.read_chain(pems(*chain))
         assert (read.subject, read.proxies) == (ALICE_DN, proxies)
-        assert read.problem(NOW, max_proxies=2) is None
+        assert read.problem(ca.now, max_proxies=2) is None
     deep = certs.read_chain(pems(second.cert, proxy.cert, alice.cert, ca.cert))
-    assert "2 proxy certificates" in (deep.problem(NOW, max_proxies=1) or "")
-    assert "does not accept proxy" in (deep.problem(NOW, max_proxies=0) or "")
+    assert "2 proxy certificates" in (deep.problem(ca.now, max_proxies=1) or "")
+    assert "does not accept proxy" in (deep.problem(ca.now, max_proxies=0) or "")
     # A limited proxy hands on its issuer's rights for what EventIndex does.
     limited = ca.proxy(alice, policy=LIMITED)
-    assert certs.read_chain(pems(limited.cert, alice.cert, ca.cert)).problem(NOW, 5) is None
+    assert certs.read_chain(pems(limited.cert, alice.cert, ca.cert)).problem(ca.now, 5) is None
 
 
 def test_expired_and_rightless_proxies_identify_nobody() -> None:
     ca = TestCA()
     alice = ca.user(ALICE)
     expired = certs.read_chain(pems(ca.proxy(alice, expired=True).cert, alice.cert, ca.cert))
-    assert "the proxy certificate expired at" in (expired.problem(NOW, 5) or "")
+    assert "the proxy certificate expired at" in (expired.problem(ca.now, 5) or "")
     independent = ca.proxy(alice, policy=INDEPENDENT)
     refused = certs.read_chain(pems(independent.cert, alice.cert, ca.cert))
-    assert "1.3.6.1.5.5.7.21.2" in (refused.problem(NOW, 5) or "")
+    assert "1.3.6.1.5.5.7.21.2" in (refused.problem(ca.now, 5) or "")
     # An end-entity certificate that expires while its connection is open: checked per request.
     short = ca.user(ALICE, valid_for=dt.timedelta(minutes=10))
     chain = certs.read_chain(pems(short.cert, ca.cert))
-    assert chain.problem(NOW, 5) is None
-    later = NOW + dt.timedelta(minutes=11)
+    assert chain.problem(ca.now, 5) is None
+    later = ca.now + dt.timedelta(minutes=11)
     assert f"the certificate of '{ALICE_DN}' expired" in (chain.problem(later, 5) or "")
     # The CA's own certificate counts too (it ends after two days, the user's after five).
     outliving = certs.read_chain(pems(ca.user(ALICE, dt.timedelta(days=5)).cert, ca.cert))
-    assert "the CA certificate" in (outliving.problem(NOW + dt.timedelta(days=3), 5) or "")
-    assert "not valid yet" in (chain.problem(NOW - dt.timedelta(days=1), 5) or "")
+    assert "the CA certificate" in (outliving.problem(ca.now + dt.timedelta(days=3), 5) or "")
+    assert "not valid yet" in (chain.problem(ca.now - dt.timedelta(days=1), 5) or "")
     # A CA certificate is nobody, even when a client could present it.
     ca_alone = certs.read_chain(pems(ca.cert))
     assert ca_alone.subject is None
-    assert ca_alone.problem(NOW, 5) is not None
+    assert ca_alone.problem(ca.now, 5) is not None
 
 
 def test_proxy_path_length_field_is_skipped_when_reading_the_policy() -> None:
     ca = TestCA()
     alice = ca.user(ALICE)
     proxy = ca.proxy(alice, path_length=3)
-    assert certs.read_chain(pems(proxy.cert, alice.cert, ca.cert)).problem(NOW, 5) is None
+    assert certs.read_chain(pems(proxy.cert, alice.cert, ca.cert)).problem(ca.now, 5) is None
 
 
 # --- settings ---------------------------------------------------------------------------------
