@@ -245,8 +245,9 @@ def _source_name(path: str) -> str:
     return "stdin" if path == "-" else path
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("input", nargs="?", default="-", help="file of pairs, or - for stdin (default)")
+def service_arguments(p: argparse.ArgumentParser, token: str) -> None:
+    """Where the service is and who asks: URL, token, client certificate (every command
+    that talks to the service over HTTP)."""
     p.add_argument(
         "--url",
         default=os.environ.get("EVENTINDEX_URL", "http://127.0.0.1:8000"),
@@ -255,9 +256,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--token",
         default=os.environ.get("EVENTINDEX_TOKEN"),
-        help="API token (default: EVENTINDEX_TOKEN)",
+        help=f"{token} (default: EVENTINDEX_TOKEN)",
     )
     clienttls.add_arguments(p)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("input", nargs="?", default="-", help="file of pairs, or - for stdin (default)")
+    service_arguments(p, "API token")
     p.add_argument(
         "--format",
         choices=FORMATS,

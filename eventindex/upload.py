@@ -20,7 +20,6 @@ import asyncio
 import csv
 import gzip
 import io
-import os
 import sys
 import time
 import uuid
@@ -31,6 +30,7 @@ from typing import IO, Any
 
 from eventindex import clienttls
 from eventindex.client import EventIndexClient, EventIndexError, ProblemError
+from eventindex.pick import service_arguments
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -175,12 +175,7 @@ async def upload(args: argparse.Namespace, err: IO[str]) -> int:
     progress = Progress(err)
     jobs = asyncio.Semaphore(args.jobs)
     failed: list[str] = []
-    async with EventIndexClient(
-        args.url,
-        args.token,
-        retries=args.retries,
-        verify=clienttls.from_arguments(args).context(),
-    ) as client:
+    async with _client(args) as client:
         target = None
         if args.dataset is not None:
             target = (await client.dataset_status(args.dataset))["id"]
@@ -254,18 +249,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _service_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--url",
-        default=os.environ.get("EVENTINDEX_URL", "http://127.0.0.1:8000"),
-        help="service URL (default: EVENTINDEX_URL or http://127.0.0.1:8000)",
-    )
-    p.add_argument(
-        "--token",
-        default=os.environ.get("EVENTINDEX_TOKEN"),
-        help="API token with the write scope (default: EVENTINDEX_TOKEN)",
-    )
+    service_arguments(p, "API token with the write scope")
     p.add_argument("--retries", type=int, default=6, help="retries of a failed request")
-    clienttls.add_arguments(p)
+
+
+def _client(args: argparse.Namespace) -> EventIndexClient:
+    return EventIndexClient(
+        args.url,
+        args.token,
+        retries=args.retries,
+        verify=clienttls.from_arguments(args).context(),
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -311,12 +305,7 @@ def add_dataset_arguments(p: argparse.ArgumentParser) -> None:
 
 
 async def _datasets(args: argparse.Namespace) -> dict[str, Any]:
-    async with EventIndexClient(
-        args.url,
-        args.token,
-        retries=args.retries,
-        verify=clienttls.from_arguments(args).context(),
-    ) as client:
+    async with _client(args) as client:
         if args.datasets_command == "create":
             return await client.create_dataset(
                 args.name,

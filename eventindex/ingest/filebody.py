@@ -224,7 +224,6 @@ class FileBody:
     run: int | None = None
     first_event: int | None = None
     errors: list[LineError] = field(default_factory=list)
-    error_count: int = 0
     _sha256: Any = field(default_factory=hashlib.sha256)
     _inflate: Any = None
     _rest: bytes = b""
@@ -297,16 +296,7 @@ class FileBody:
                 f"{','.join(COLUMNS)} and a line per event.",
             )
         if self.errors:
-            first = self.errors[0]
-            more = f" (and {self.error_count - 1} more bad lines)" if self.error_count > 1 else ""
-            raise BodyError(
-                422,
-                "invalid-lines",
-                "Invalid lines",
-                f"line {first.line}: {first.error}{more}; nothing was loaded.",
-                errors=[{"line": e.line, "error": e.error} for e in self.errors],
-                error_count=self.error_count,
-            )
+            raise self._invalid(stopped=False)
         if self.count == 0:
             raise BodyError(
                 422, "empty-file", "Empty upload", "The file has no events; nothing was loaded."
@@ -354,18 +344,20 @@ class FileBody:
             self._lines(data[:cut])
         if len(self._rest) > MAX_LINE:
             self._error(self._line + 1, f"the line is longer than {MAX_LINE} bytes")
-            raise self._invalid_now()
+            raise self._invalid()
 
-    def _invalid_now(self) -> BodyError:
+    def _invalid(self, *, stopped: bool = True) -> BodyError:
+        """The 422 for the bad lines met; ``stopped``: reading stopped at the last one."""
         first = self.errors[0]
         more = f" (and {len(self.errors) - 1} more bad lines)" if len(self.errors) > 1 else ""
+        where = "; reading stopped there" if stopped else ""
         return BodyError(
             422,
             "invalid-lines",
             "Invalid lines",
-            f"line {first.line}: {first.error}{more}; reading stopped there; nothing was loaded.",
+            f"line {first.line}: {first.error}{more}{where}; nothing was loaded.",
             errors=[{"line": e.line, "error": e.error} for e in self.errors],
-            error_count=self.error_count,
+            error_count=len(self.errors),
         )
 
     # --- lines ---
@@ -448,11 +440,10 @@ class FileBody:
             self.rows.write(b"".join(out))
 
     def _error(self, line: int, message: str) -> None:
-        self.error_count += 1
         self.errors.append(LineError(line, message))
         if len(self.errors) >= MAX_LISTED_ERRORS:
             # Enough to go on: reading further would only cost the service time.
-            raise self._invalid_now()
+            raise self._invalid()
 
     def _parse(self, raw: bytes) -> tuple[int, int, int]:
         if not raw.strip():

@@ -4,19 +4,17 @@ authentication is on)."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
-from pydantic import AwareDatetime, BaseModel, Field, ValidationError, field_validator
+from pydantic import AwareDatetime, BaseModel, Field, field_validator
 
 from eventindex import certs, tokens
 from eventindex.auth import require
 from eventindex.deps import DatabaseDep, WriteConnection
 from eventindex.problems import Problem, problem_responses
-
-_Body = TypeVar("_Body", bound=BaseModel)
+from eventindex.routes.jsonbody import read_json
 
 router = APIRouter(prefix="/v1/tokens", tags=["tokens"], dependencies=[Depends(require("admin"))])
 
@@ -66,22 +64,7 @@ async def read_token_request(request: Request) -> TokenRequest:
     """The body, read only now: the router's ``require('admin')`` has run first, so an
     anonymous caller's body is never read (FastAPI reads declared bodies before it
     solves dependencies)."""
-    return await _read_body(request, TokenRequest)
-
-
-async def _read_body(request: Request, model: type[_Body]) -> _Body:
-    raw = await request.body()
-    try:
-        raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise Problem(
-            400, "undecodable-body", "Undecodable body", "The request body is not UTF-8."
-        ) from None
-    try:
-        return model.model_validate_json(raw)
-    except ValidationError as exc:
-        errors = [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]
-        raise RequestValidationError(errors) from None
+    return await read_json(request, TokenRequest)
 
 
 @router.post(
@@ -199,7 +182,7 @@ _CERTIFICATE_BODY_DOC: dict[str, Any] = {
     openapi_extra=_CERTIFICATE_BODY_DOC,
 )
 async def map_certificate(request: Request, db: DatabaseDep) -> Any:
-    body = await _read_body(request, CertificateRequest)
+    body = await read_json(request, CertificateRequest)
     async with db.connection() as conn:
         try:
             record = await certs.add(conn, body.name, body.dn, body.scopes, body.expires_at)

@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncGenerator
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 from uuid import UUID
 
 import orjson
 from fastapi import APIRouter, Depends, Path, Query, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
-from pydantic import BaseModel, ValidationError
 from starlette.requests import ClientDisconnect
 
 from eventindex.auth import Principal, require
@@ -27,6 +25,7 @@ from eventindex.ingest.filebody import (
     parse_content_digest,
 )
 from eventindex.problems import Problem, problem_responses
+from eventindex.routes.jsonbody import read_json
 from eventindex.schemas import (
     DATASET_NAME_PATTERN,
     DatasetRequest,
@@ -283,29 +282,6 @@ async def register_dataset(
         dataset, created = await lifecycle.register(conn, body.model_dump())
     headers = {"Location": f"/v1/datasets/{dataset['id']}"}
     return _json(_shown(dataset), 201 if created else 200, headers)
-
-
-_M = TypeVar("_M", bound=BaseModel)
-
-
-async def read_json(request: Request, model: type[_M]) -> _M:
-    """The body, read only now: the write scope has been checked, so an anonymous
-    caller's body is never read (FastAPI reads declared bodies before it solves
-    dependencies)."""
-    raw = await request.body()
-    if not raw.strip():
-        raise Problem(422, "empty-body", "Empty body", "The request body is empty.")
-    try:
-        raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise Problem(
-            400, "undecodable-body", "Undecodable body", "The request body is not UTF-8."
-        ) from None
-    try:
-        return model.model_validate_json(raw)
-    except ValidationError as exc:
-        errors = [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]
-        raise RequestValidationError(errors) from None
 
 
 def _shown(dataset: dict[str, Any]) -> Any:
