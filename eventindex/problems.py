@@ -181,6 +181,17 @@ def database_problem(exc: BaseException) -> Problem | None:
     if isinstance(exc, asyncpg.ObjectNotInPrerequisiteStateError):
         # The database's own refusal of events of a closed dataset (migration 0007).
         return Problem(409, "dataset-closed", "Dataset closed", str(exc).splitlines()[0])
+    if isinstance(exc, asyncpg.TransactionRollbackError):
+        # A deadlock or serialization failure that outlived its retries: nothing was
+        # written, and the same request again is expected to succeed.
+        return Problem(
+            503,
+            "conflict-retry",
+            "Concurrent change",
+            "The database rolled the request back because of a concurrent change "
+            f"({str(exc).splitlines()[0]}); nothing was written. Send it again.",
+            headers={"Retry-After": "1"},
+        )
     if isinstance(exc, asyncpg.QueryCanceledError):
         return Problem(
             503,

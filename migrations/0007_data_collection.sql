@@ -23,6 +23,8 @@ CREATE INDEX loads_file ON loads (fuid_raw) WHERE fuid_raw IS NOT NULL;
 -- Events go only into open datasets, whoever writes them. The rows of the datasets written
 -- are locked FOR SHARE until the writing transaction ends, so closing a dataset (which
 -- updates its row) waits for the loads in flight and every later load sees it closed.
+-- Summary rows are written in key order: concurrent loads of the same runs then lock them
+-- in one order and cannot deadlock (hash aggregation leaves them in any order).
 CREATE OR REPLACE FUNCTION events_summary_add() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -38,13 +40,14 @@ BEGIN
         INSERT INTO run_olt_counts AS c (run_number, dsid_raw, olt_result, n_events)
         SELECT run_number, dsid_raw, olt_result, sum(n) FROM delta
         GROUP BY run_number, dsid_raw, olt_result
+        ORDER BY run_number, dsid_raw, olt_result
         ON CONFLICT (run_number, dsid_raw, olt_result)
         DO UPDATE SET n_events = c.n_events + EXCLUDED.n_events
     ), file_rows AS (
         INSERT INTO files AS f (fuid_raw, dsid_raw, run_number, n_events, first_event,
                                 last_event)
         SELECT fuid_raw, min(dsid_raw), min(run_number), sum(n), min(lo), max(hi)
-        FROM delta GROUP BY fuid_raw
+        FROM delta GROUP BY fuid_raw ORDER BY fuid_raw
         ON CONFLICT (fuid_raw) DO UPDATE SET
             n_events = f.n_events + EXCLUDED.n_events,
             first_event = least(f.first_event, EXCLUDED.first_event),
@@ -69,6 +72,41 @@ BEGIN
             shut.state
             USING ERRCODE = 'object_not_in_prerequisite_state';
     END IF;
+    RETURN NULL;
+END
+$$;
+
+-- A removal (a file replaced, a dataset deleted) locks its summary rows in key order
+-- before it changes them, for the same reason.
+CREATE OR REPLACE FUNCTION events_summary_remove() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM 1 FROM run_olt_counts AS c
+    WHERE (c.run_number, c.dsid_raw, c.olt_result) IN
+          (SELECT run_number, dsid_raw, olt_result FROM old_rows)
+    ORDER BY c.run_number, c.dsid_raw, c.olt_result FOR UPDATE;
+    PERFORM 1 FROM files AS f
+    WHERE f.fuid_raw IN (SELECT fuid_raw FROM old_rows)
+    ORDER BY f.fuid_raw FOR UPDATE;
+    WITH delta AS MATERIALIZED (
+        SELECT fuid_raw, dsid_raw, run_number, olt_result, count(*) AS n
+        FROM old_rows GROUP BY fuid_raw, dsid_raw, run_number, olt_result
+    ), counts AS (
+        UPDATE run_olt_counts AS c SET n_events = c.n_events - d.n
+        FROM (SELECT run_number, dsid_raw, olt_result, sum(n) AS n FROM delta
+              GROUP BY run_number, dsid_raw, olt_result) AS d
+        WHERE (c.run_number, c.dsid_raw, c.olt_result) = (d.run_number, d.dsid_raw, d.olt_result)
+    )
+    UPDATE files AS f SET n_events = f.n_events - d.n
+    FROM (SELECT fuid_raw, sum(n) AS n FROM delta GROUP BY fuid_raw) AS d
+    WHERE f.fuid_raw = d.fuid_raw;
+    -- Only the rows this removal touched: the tables hold a row per file of the catalogue.
+    DELETE FROM run_olt_counts AS c
+    WHERE c.n_events <= 0
+      AND (c.run_number, c.dsid_raw, c.olt_result) IN
+          (SELECT run_number, dsid_raw, olt_result FROM old_rows);
+    DELETE FROM files AS f
+    WHERE f.n_events <= 0 AND f.fuid_raw IN (SELECT fuid_raw FROM old_rows);
     RETURN NULL;
 END
 $$;

@@ -201,6 +201,7 @@ class Collector:
         self._closing = False
         self.groups = 0
         self.grouped_files = 0
+        self.retried_groups = 0  # rolled back by a deadlock or serialization failure
 
     @classmethod
     @asynccontextmanager
@@ -458,6 +459,7 @@ class Collector:
                     if written:
                         await self._record(conn, written)
             except _RETRY_GROUP:
+                self.retried_groups += 1
                 if attempt == 2:
                     raise
                 continue
@@ -505,7 +507,11 @@ class Collector:
         self, conn: Connection, uploads: list[Upload]
     ) -> tuple[list[Upload], list[tuple[Upload, asyncpg.Record | None]]]:
         """Write the files: all in one COPY when that works, else one by one under
-        savepoints. Returns (written, found loaded meanwhile)."""
+        savepoints. Returns (written, found loaded meanwhile).
+
+        Files go in run order, so concurrent groups lock the runs' summary rows in one
+        order (the other order deadlocks two groups that share two runs)."""
+        uploads = sorted(uploads, key=lambda u: u.body.run or 0)  # stable: first come wins
         try:
             async with conn.transaction():
                 await self._copy(conn, uploads)
