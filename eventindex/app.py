@@ -11,6 +11,7 @@ from typing import Any, TypedDict
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
+from fastapi.routing import APIRoute, APIRouter
 
 from eventindex import __version__
 from eventindex.auth import Authenticator
@@ -20,7 +21,9 @@ from eventindex.ingest.collector import Collector
 from eventindex.metrics import Metrics
 from eventindex.middleware.bodylimits import BodyLimits
 from eventindex.middleware.clientcert import ClientCertificates, trusted_networks
+from eventindex.middleware.fastget import SingleEventFastPath
 from eventindex.middleware.hostcheck import LoopbackHostsOnly
+from eventindex.middleware.interactive import InteractiveFirst, Priority
 from eventindex.middleware.ratelimit import RateLimit, RateLimiter
 from eventindex.middleware.requestlog import RequestLog, configure_logging
 from eventindex.middleware.secheaders import SecurityHeaders
@@ -50,6 +53,7 @@ class State(TypedDict):
     settings: Settings
     streams: set[asyncio.Task[Any]]  # running streams (streaming.LookupStream, CursorStream)
     collector: Collector  # group commit of uploaded files
+    priority: Priority  # interactive requests in flight, which bulk work lets go first
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -75,6 +79,7 @@ def create_app(settings: Settings) -> FastAPI:
                     "settings": settings,
                     "streams": streams,
                     "collector": collector,
+                    "priority": Priority(),
                 }
             finally:
                 # The server has cancelled what outlived its grace period: let the streams
@@ -97,16 +102,6 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.metrics = metrics
     install_handlers(app)
-    # Inside the rate limit: a refused certificate has paid for its request.
-    app.add_middleware(
-        ClientCertificates,
-        max_proxies=settings.cert_max_proxy_depth,
-        subject_header=settings.cert_subject_header,
-        trusted=trusted_networks(settings.forwarded_allow_ips),
-    )
-    if settings.rate_limit_per_second > 0:
-        limiter = RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst)
-        app.add_middleware(RateLimit, limiter=limiter)
     app.include_router(health.router)
     app.include_router(events.router)
     app.include_router(browse.router)
@@ -118,6 +113,20 @@ def create_app(settings: Settings) -> FastAPI:
         app.include_router(admin.certificates)
     if settings.metrics_enabled:
         app.include_router(prometheus.router)
+    # Innermost: inside the certificate check and the rate limit (and all the rest).
+    app.add_middleware(
+        SingleEventFastPath, route=_route(events.router, "/v1/events/{run_number}/{event_number}")
+    )
+    # Inside the rate limit: a refused certificate has paid for its request.
+    app.add_middleware(
+        ClientCertificates,
+        max_proxies=settings.cert_max_proxy_depth,
+        subject_header=settings.cert_subject_header,
+        trusted=trusted_networks(settings.forwarded_allow_ips),
+    )
+    if settings.rate_limit_per_second > 0:
+        limiter = RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst)
+        app.add_middleware(RateLimit, limiter=limiter)
     web.mount(app)
     if docs:
         apidocs.mount(app)
@@ -141,10 +150,18 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(SecurityHeaders)
     if settings.loopback_only:
         app.add_middleware(LoopbackHostsOnly)
+    app.add_middleware(InteractiveFirst)
     # Outermost: every request is timed and logged, errors and 429s included.
     app.add_middleware(RequestLog, metrics=metrics)
     _document_raw_bodies(app, credential_required=settings.auth_enabled)
     return app
+
+
+def _route(router: APIRouter, path: str) -> APIRoute:
+    found = [r for r in router.routes if isinstance(r, APIRoute) and r.path == path]
+    if len(found) != 1:
+        raise LookupError(f"no single route {path}")
+    return found[0]
 
 
 def _document_raw_bodies(app: FastAPI, credential_required: bool) -> None:

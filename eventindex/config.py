@@ -129,11 +129,13 @@ class Settings(BaseSettings):
     pool_min_size: Annotated[int, Field(ge=0)] = 1
     pool_max_size: Annotated[int, Field(ge=1)] = 10
     pool_acquire_timeout: Annotated[float, Field(gt=0)] = 10.0
-    pool_interactive_reserve: Annotated[int, Field(ge=0)] = Field(
+    bulk_connections: Annotated[int, Field(ge=1)] = Field(
         default=2,
-        description="connections of each pool that bulk work (streamed lookups, cursors) "
-        "may not take: single events, page-sized lookups and catalogue queries never wait "
-        "behind a stream's batches",
+        description="connections of each worker's pool that bulk work (streamed lookups, "
+        "cursors, JSON lookups larger than a batch) may hold at once (at most the pool's "
+        "size less one): the rest serve single events, page-sized lookups and catalogue "
+        "queries at once, and a database kept from running more bulk queries than it "
+        "has cores answers those quickly",
     )
     statement_timeout_ms: Annotated[int, Field(ge=0)] = 60_000
     max_json_pairs: Annotated[int, Field(ge=1)] = 100_000

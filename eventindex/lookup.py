@@ -7,11 +7,13 @@ from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import cast
 
 import asyncpg
 
 from eventindex.db import Connection, Lane
 from eventindex.metrics import count_pairs, timed_query
+from eventindex.middleware.interactive import as_bulk, bulk_turn
 
 # --- SQL (bound parameters only; tests/test_sql_safety.py) ---
 
@@ -43,8 +45,8 @@ SELECT convert_to(
                $3::text ORDER BY p.o),
            'UTF8') AS body,
        count(x.fuid_raw) AS found
-FROM unnest($1::integer[], $2::bigint[]) WITH ORDINALITY AS p (r, e, o)
-LEFT JOIN eventindex_lookup($1::integer[], $2::bigint[]) AS x
+FROM unnest($1::text::integer[], $2::text::bigint[]) WITH ORDINALITY AS p (r, e, o)
+LEFT JOIN eventindex_lookup($1::text::integer[], $2::text::bigint[]) AS x
        ON x.run_number = p.r AND x.event_number = p.e
 """
 
@@ -58,8 +60,8 @@ SELECT convert_to(
                $3::text ORDER BY p.o),
            'UTF8') AS body,
        count(x.fuid_raw) AS found
-FROM unnest($1::integer[], $2::bigint[]) WITH ORDINALITY AS p (r, e, o)
-LEFT JOIN eventindex_lookup($1::integer[], $2::bigint[]) AS x
+FROM unnest($1::text::integer[], $2::text::bigint[]) WITH ORDINALITY AS p (r, e, o)
+LEFT JOIN eventindex_lookup($1::text::integer[], $2::text::bigint[]) AS x
        ON x.run_number = p.r AND x.event_number = p.e
 """
 CSV_HEADER = b"run_number,event_number,found,fuid_raw,dsid_raw,olt_result\n"
@@ -72,7 +74,20 @@ FROM eventindex_lookup_one($1::integer, $2::bigint)
 """
 
 
-Batch = tuple[list[int], list[int]]
+# Run and event numbers as ints (a JSON body) or as their decimal digits (a streamed body,
+# see PairParser.feed_tokens).
+Numbers = Sequence[int] | Sequence[bytes]
+Batch = tuple[Numbers, Numbers]
+
+
+def array_literal(values: Numbers) -> str:
+    """The numbers as a PostgreSQL array literal, sent as one text parameter: asyncpg
+    checks every element of an int[] parameter in Python, which cost a bulk stream twice
+    the service's CPU of joining the digits (bench qos)."""
+    if values and isinstance(values[0], bytes):
+        return "{" + b",".join(cast(Sequence[bytes], values)).decode("ascii") + "}"
+    return "{" + ",".join(map(str, values)) + "}"
+
 
 # Errors of a connection that broke under a query, as opposed to errors of the query.
 BROKEN_CONNECTION_ERRORS: tuple[type[Exception], ...] = (
@@ -99,8 +114,8 @@ class BatchResult:
 
 async def lookup_batch(
     conn: Connection,
-    runs: Sequence[int],
-    events: Sequence[int],
+    runs: Numbers,
+    events: Numbers,
     separator: str,
     csv: bool = False,
 ) -> BatchResult:
@@ -108,11 +123,9 @@ async def lookup_batch(
     ``lookup_connection``."""
     if not runs:
         return BatchResult(b"", 0, 0)
+    query = LOOKUP_BATCH_CSV if csv else LOOKUP_BATCH_JSON
     with timed_query("lookup_batch"):
-        if csv:
-            row = await conn.fetchrow(LOOKUP_BATCH_CSV, runs, events, separator)
-        else:
-            row = await conn.fetchrow(LOOKUP_BATCH_JSON, runs, events, separator)
+        row = await conn.fetchrow(query, array_literal(runs), array_literal(events), separator)
     assert row is not None
     return BatchResult(bytes(row["body"]), len(runs), int(row["found"]))
 
@@ -127,8 +140,8 @@ async def lookup_connection(lane: Lane, *, bulk: bool = False) -> AsyncIterator[
 
 async def lookup_on_pool(
     lane: Lane,
-    runs: Sequence[int],
-    events: Sequence[int],
+    runs: Numbers,
+    events: Numbers,
     separator: str,
     csv: bool = False,
     *,
@@ -188,6 +201,9 @@ async def lookup_batches(
             if len(in_flight) >= width:
                 yield await in_flight.popleft()
             this_bulk = bulk and not (first and len(runs) < interactive_below)
+            if this_bulk:
+                as_bulk()
+                await bulk_turn()  # the batch's query is encoded next: another step
             first = False
             in_flight.append(
                 asyncio.create_task(

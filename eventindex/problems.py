@@ -245,6 +245,17 @@ def _allowed_methods(request: Request) -> str | None:
     return ", ".join(allowed) or None
 
 
+def problem_of_failure(exc: Exception, path: str) -> Problem:
+    """What a request that failed with ``exc`` answers: the database's state when that is
+    the cause (logged as a warning), else a 500 (logged with its traceback)."""
+    problem = database_problem(exc)
+    if problem is None:
+        log.error("unexpected error on %s", path, exc_info=exc)
+        return Problem(500, "internal", "Internal error", "An unexpected error occurred.")
+    log.warning("database problem on %s: %s", path, scrub(repr(exc)))
+    return problem
+
+
 def install_handlers(app: FastAPI) -> None:
     async def on_problem(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, Problem)
@@ -268,17 +279,8 @@ def install_handlers(app: FastAPI) -> None:
         )
         return problem.response(request.url.path)
 
-    async def on_database(request: Request, exc: Exception) -> Response:
-        problem = database_problem(exc)
-        if problem is None:
-            return await on_unexpected(request, exc)
-        log.warning("database problem on %s: %s", request.url.path, scrub(repr(exc)))
-        return problem.response(request.url.path)
-
-    async def on_unexpected(request: Request, exc: Exception) -> Response:
-        log.exception("unexpected error on %s", request.url.path)
-        problem = Problem(500, "internal", "Internal error", "An unexpected error occurred.")
-        return problem.response(request.url.path)
+    async def on_failure(request: Request, exc: Exception) -> Response:
+        return problem_of_failure(exc, request.url.path).response(request.url.path)
 
     async def on_disconnect(request: Request, exc: Exception) -> Response:
         # The client went away while sending its body: nobody will read an answer, and
@@ -295,5 +297,5 @@ def install_handlers(app: FastAPI) -> None:
     app.add_exception_handler(HTTPException, on_http)
     database_errors: tuple[type[Exception], ...] = (*UNAVAILABLE_ERRORS, asyncpg.PostgresError)
     for exc_type in database_errors:
-        app.add_exception_handler(exc_type, on_database)
-    app.add_exception_handler(Exception, on_unexpected)
+        app.add_exception_handler(exc_type, on_failure)
+    app.add_exception_handler(Exception, on_failure)

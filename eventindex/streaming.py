@@ -27,6 +27,7 @@ from eventindex.db import Lane, PoolExhausted
 from eventindex.lookup import CSV_HEADER, Batch, iterate_batches, lookup_batches
 from eventindex.metrics import count_pairs
 from eventindex.metrics import current as current_metrics
+from eventindex.middleware.interactive import as_bulk, bulk_turn
 from eventindex.pairs import PairParser, PairSyntaxError
 from eventindex.problems import Problem, database_problem
 from eventindex.spool import BodyTooLarge, Spool
@@ -82,8 +83,9 @@ def _problem_for(exc: BaseException) -> Problem | None:
 
 async def spooled_batches(
     spool: Spool, batch_size: int, parser: PairParser | None = None
-) -> AsyncIterator[Batch]:
-    """Pairs parsed from the spooled body, in batches of at most ``batch_size``.
+) -> AsyncIterator[tuple[list[bytes], list[bytes]]]:
+    """Pairs parsed from the spooled body (their digits), in batches of at most
+    ``batch_size``.
 
     After the first batch, a batch goes out early when no more input is
     waiting, so a client that sends slowly gets answers as it goes. The first
@@ -95,8 +97,8 @@ async def spooled_batches(
     parser = parser or PairParser()
     limit = MAX_LINE_BYTES
     total = 0
-    runs: list[int] = []
-    events: list[int] = []
+    runs: list[bytes] = []
+    events: list[bytes] = []
     # The start of a line whose end has not come yet, in the pieces it came in (joined
     # once, when its end comes: a line sent a byte at a time costs no more than another).
     pending: list[bytes] = []
@@ -129,7 +131,7 @@ async def spooled_batches(
                     break
                 checked = newline + 1
             long_line = len(lines) - checked > limit
-            r, e = parser.feed(lines[:checked] if long_line else lines)
+            r, e = parser.feed_tokens(lines[:checked] if long_line else lines)
             runs += r
             events += e
             if long_line and parser.failure is None:
@@ -148,7 +150,7 @@ async def spooled_batches(
             yield runs[:batch_size], events[:batch_size]
             runs, events = runs[batch_size:], events[batch_size:]
     if pending and parser.failure is None:
-        r, e = parser.feed(b"".join(pending))
+        r, e = parser.feed_tokens(b"".join(pending))
         runs += r
         events += e
     if parser.failure is not None:
@@ -174,7 +176,7 @@ async def _pieces(spool: Spool) -> AsyncIterator[bytes]:
     while data := await spool.read():
         for start in range(0, len(data), PARSE_STEP):
             yield data[start : start + PARSE_STEP]
-            await asyncio.sleep(0)
+            await bulk_turn()
 
 
 class LookupStream(Response):
@@ -441,6 +443,7 @@ class CursorStream(Response):
         path = scope.get("path")
         started = False
         rows = 0
+        as_bulk()
         try:
             async with self.lane.acquire(bulk=True) as conn, conn.transaction(readonly=True):
                 head = [(b"content-type", NDJSON.encode())]

@@ -9,6 +9,7 @@ from eventindex.lookup import (
     GET_EVENT,
     LOOKUP_BATCH_JSON,
     LOOKUP_PLAN_SETTINGS,
+    array_literal,
     lookup_batch,
     lookup_connection,
 )
@@ -29,7 +30,9 @@ async def test_plan_is_nested_loop_over_primary_key(database_url: str) -> None:
     try:
         async with conn.transaction(readonly=True):
             await conn.execute(LOOKUP_PLAN_SETTINGS)
-            outer = await _explain(conn, LOOKUP_BATCH_JSON, runs, events, "\n")
+            outer = await _explain(
+                conn, LOOKUP_BATCH_JSON, array_literal(runs), array_literal(events), "\n"
+            )
             function = await conn.fetchrow(
                 "SELECT prosrc, proconfig FROM pg_proc WHERE proname = 'eventindex_lookup'"
             )

@@ -651,7 +651,8 @@ async def read_batches(
     try:
         async for runs, events in spooled_batches(spool, case.batch_size, parser):
             assert len(runs) == len(events)
-            batches.append(list(zip(runs, events, strict=True)))
+            # Streamed batches carry the digits the database is sent.
+            batches.append([(int(r), int(e)) for r, e in zip(runs, events, strict=True)])
     except (PairSyntaxError, Problem, BodyTooLarge) as exc:
         error = exc
     finally:

@@ -39,6 +39,7 @@ from eventindex.ingest.filebody import COPY_COLUMNS, BodyError, FileBody, Memory
 from eventindex.ingest.loader import Loader
 from eventindex.ingest.sharded import load_sharded
 from eventindex.ingest.source import LoadError, Source
+from eventindex.middleware.interactive import bulk_turn
 
 log = logging.getLogger("eventindex.collector")
 
@@ -317,7 +318,7 @@ class Collector:
                 return Outcome("loaded", upload.fuid, upload.dataset, upload.body.count)
         async for chunk in rest:
             for _ in upload.body.steps(chunk):
-                await asyncio.sleep(0)
+                await bulk_turn()
         upload.body.finish()
         upload.body.check_digest(digest)
         return await self.submit(upload)

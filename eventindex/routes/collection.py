@@ -24,6 +24,7 @@ from eventindex.ingest.filebody import (
     RowBuffer,
     parse_content_digest,
 )
+from eventindex.middleware.interactive import as_bulk, bulk_turn
 from eventindex.problems import Problem, problem_responses
 from eventindex.routes.jsonbody import read_json
 from eventindex.schemas import (
@@ -119,6 +120,7 @@ async def put_file(
     principal: Annotated[Principal, WRITE],
     replace: Annotated[bool, Query(description="replace the file's events (admin scope)")] = False,
 ) -> Response:
+    as_bulk()  # an upload is read and checked in steps that let interactive requests first
     if replace and "admin" not in principal.scopes:
         raise Problem(
             403,
@@ -172,7 +174,7 @@ async def put_file(
         try:
             async for chunk in chunks:
                 for _ in body.steps(chunk):
-                    await asyncio.sleep(0)
+                    await bulk_turn()
                 # A large file is written while it arrives (when a slot is free).
                 large = body.count > settings.upload_group_rows and not body.errors
                 if large and await collector.streamable():

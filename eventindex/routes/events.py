@@ -43,7 +43,13 @@ async def get_event(
     event_number: Annotated[int, Path(ge=0, le=MAX_EVENT_NUMBER, examples=[56789]), ASCII_DIGITS],
     db: DatabaseDep,
 ) -> Response:
-    row = await lookup.get_event(db.reads, run_number, event_number)
+    return await event_answer(db.reads, run_number, event_number)
+
+
+async def event_answer(lane: Lane, run_number: int, event_number: int) -> Response:
+    """The answer of ``GET /v1/events/{run}/{event}``, here and on its fast path
+    (``middleware/fastget.py``)."""
+    row = await lookup.get_event(lane, run_number, event_number)
     if row is None:
         raise Problem(
             404,
