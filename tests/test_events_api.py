@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 import re
 from typing import Any
 
+import asyncpg
 import httpx
 import orjson
 import pytest
+from pydantic import SecretStr
 
+from eventindex import tokens
+from eventindex.config import Settings
+from eventindex.middleware import interactive
+from eventindex.middleware.interactive import Priority
+from tests.support.auth import bearer
 from tests.support.catalogue import EVENTS_PER_RUN, RUNS, dsid_of, fuid_of, olt_of
+from tests.support.servers import app_client
 
 NDJSON = "application/x-ndjson"
 
@@ -513,3 +522,98 @@ async def test_values_postgres_refuses_are_422(client: httpx.AsyncClient) -> Non
     response = await client.get("/v1/selection/count", params={"all": "dimuon\x00"})
     assert response.status_code == 422
     assert response.headers["content-type"].startswith("application/problem+json")
+
+
+# --- the single event's fast path (middleware/fastget.py) ---
+
+
+@pytest.mark.parametrize(
+    "path", ["/v1/events/101/42", "/v1/events/0101/042", "/v1/events/101/999999"]
+)
+async def test_the_fast_path_answers_as_the_routed_endpoint_does(
+    client: httpx.AsyncClient, path: str
+) -> None:
+    """A query string sends the request past the fast path to the routed endpoint: both
+    answer alike, headers included (the middleware around both adds them)."""
+    fast = await client.get(path)
+    routed = await client.get(path + "?via=router")
+    assert (fast.status_code, fast.content) == (routed.status_code, routed.content)
+    skip = {"date", "x-request-id"}
+    assert {k: v for k, v in fast.headers.items() if k not in skip} == {
+        k: v for k, v in routed.headers.items() if k not in skip
+    }
+    if fast.status_code == 404:
+        assert fast.json()["instance"] == path
+
+
+async def test_the_fast_path_keeps_credentials_scopes_and_the_request_log(
+    catalogue: str,
+) -> None:
+    conn = await asyncpg.connect(catalogue)
+    try:
+        reader, _ = await tokens.create(conn, "reader", ["read"], None)
+        writer, _ = await tokens.create(conn, "producer", ["write"], None)
+    finally:
+        await conn.close()
+    settings = Settings(
+        database_url=catalogue, auth_required=True, metrics_token=SecretStr("m" * 32)
+    )
+    async for api in app_client(settings):
+        missing = await api.get("/v1/events/5/6")
+        assert_problem(missing, 401, "needs a credential")
+        assert missing.headers["www-authenticate"].startswith("Bearer")
+        unknown = await api.get("/v1/events/5/6", headers=bearer("ei_" + "x" * 40))
+        assert_problem(unknown, 401, "unknown, expired or revoked")
+        assert_problem(await api.get("/v1/events/5/6", headers=bearer(writer)), 403, "'read'")
+        # A permitted request is answered (the catalogue is empty: 404 from the lookup).
+        found = await api.get("/v1/events/5/6", headers=bearer(reader))
+        assert_problem(found, 404, "run_number 5")
+        metrics = await api.get("/metrics", headers=bearer("m" * 32))
+        line = next(
+            x
+            for x in metrics.text.splitlines()
+            if x.startswith("eventindex_http_requests_total{")
+            and 'route="/v1/events/{run_number}/{event_number}"' in x
+            and 'status="404"' in x
+        )
+        assert line.endswith(" 1.0")
+
+
+async def test_priority_holds_bulk_steps_while_an_interactive_request_runs() -> None:
+    """Bulk steps wait for the interactive request in flight, and go on when it ends; a
+    request that turned bulk holds nothing back. (No clocks: the order of events.)"""
+    priority = Priority(max_pause=60.0)
+    order: list[str] = []
+    request = priority.claim()
+
+    async def bulk_work() -> None:
+        token = interactive._claim.set(priority.claim())
+        try:
+            interactive.as_bulk()
+            await interactive.bulk_turn()
+            order.append("bulk step")
+        finally:
+            interactive._claim.reset(token)
+
+    task = asyncio.create_task(bulk_work())
+    for _ in range(5):
+        await asyncio.sleep(0)
+    order.append("interactive answered")
+    request.release()
+    request.release()  # once only
+    await task
+    assert order == ["interactive answered", "bulk step"]
+    assert priority.active == 0
+
+
+async def test_a_bulk_step_waits_no_longer_than_its_pause() -> None:
+    priority = Priority(max_pause=0.01)
+    held = priority.claim()
+    token = interactive._claim.set(priority.claim())
+    try:
+        interactive.as_bulk()
+        await interactive.bulk_turn()  # returns although the interactive claim is held
+    finally:
+        interactive._claim.reset(token)
+    assert held.held
+    assert priority.active == 1
