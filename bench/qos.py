@@ -6,7 +6,8 @@ costs against the database's own ceiling for it, each beside its baseline in one
 - the bulk streams' throughput without and with the interactive requests;
 - GET throughput from many connections (wrk when installed, else a light socket client)
   against pgbench running the same one-row statement with as many connections as the
-  service's pools hold.
+  service's pools hold, and against a bare ASGI app on the same stack (bench/bareget.py:
+  uvicorn and asyncpg with nothing else), which shows what the service's own work costs.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import re
 import shutil
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from urllib.parse import urlsplit
@@ -34,6 +36,7 @@ from bench.common import (
     service_gets,
     start_service,
 )
+from tests.support.localpg import free_port
 
 NDJSON = "application/x-ndjson"
 JSON = {"content-type": "application/json"}
@@ -164,6 +167,46 @@ end
     return float(match[1]) if match else None
 
 
+def bare_gets(db_url: str, n_events: int, seconds: float, connections: int, workers: int) -> float:
+    """GET/s of bench/bareget.py under wrk, served like the service (uvicorn, workers)."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "BAREGET_DSN": db_url,
+        "BAREGET_POOL": os.environ.get("EVENTINDEX_POOL_MAX_SIZE", "10"),
+    }
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "bench.bareget:app",
+            "--port",
+            str(port),
+            "--workers",
+            str(workers),
+            "--log-level",
+            "warning",
+        ],
+        env=env,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(100):
+            try:
+                httpx.get(base + "/v1/events/1000/0", timeout=1)
+                break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        rate = wrk_gets(base, n_events, seconds, connections)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    if rate is None:
+        raise SystemExit("bench: wrk gave no rate for the bare app")
+    return rate
+
+
 def pgbench_ceiling(db_url: str, n_events: int, seconds: float, clients: int) -> float:
     script = (
         f"\\set g random(0, {n_events - 1})\n"
@@ -269,6 +312,7 @@ async def bench_qos(args: argparse.Namespace) -> None:
     finally:
         proc.terminate()
         proc.wait(10)
+    bare = bare_gets(db_url, args.events, t, args.connections, workers) if tool == "wrk" else None
 
     def row(label: str, value: str, base_value: str, ratio: str) -> None:
         print(f"{label:<60}{value:>16}  {base_value:>16}  {ratio:>7}")
@@ -305,6 +349,19 @@ async def bench_qos(args: argparse.Namespace) -> None:
         f"{ceiling:,.0f}",
         f"{rate / ceiling:.2f}x",
     )
+    if bare is not None:
+        row(
+            "GET/s vs a bare ASGI app (uvicorn + asyncpg, same workers)",
+            f"{rate:,.0f}",
+            f"{bare:,.0f}",
+            f"{rate / bare:.2f}x",
+        )
+        row(
+            "bare ASGI app's GET/s vs pgbench (the stack's own ceiling)",
+            f"{bare:,.0f}",
+            f"{ceiling:,.0f}",
+            f"{bare / ceiling:.2f}x",
+        )
     print(
         "targets: GET p99 <= 50 ms and p50 within 3x of idle under bulk; JSON p99 <= 100 ms; "
         "bulk >= 0.8x; GET/s >= 0.2x the database's ceiling"
