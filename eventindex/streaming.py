@@ -456,6 +456,7 @@ class CursorStream(Response):
                         rows += len(batch)
                         await _body(send, b"\n".join(batch) + b"\n")
                         batch = []
+                        await bulk_turn()
                 if batch:
                     await _body(send, b"\n".join(batch) + b"\n")
         except asyncio.CancelledError:
