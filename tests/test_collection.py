@@ -19,6 +19,7 @@ from eventindex.config import Settings
 from eventindex.db import Database
 from eventindex.ingest.collector import Collector, Dataset, Upload
 from eventindex.ingest.filebody import FileBody, RowBuffer
+from tests.support.auth import api_tokens
 from tests.support.loading import snapshot
 from tests.support.servers import app_client
 from tests.support.uploads import (
@@ -649,12 +650,8 @@ async def test_made_up_credentials_take_no_connection(catalogue: str) -> None:
 async def test_a_write_only_credential_is_not_told_which_file_holds_an_event(
     catalogue: str,
 ) -> None:
-    conn = await asyncpg.connect(catalogue)
-    try:
-        writer, _ = await tokens.create(conn, "producer", ["write"], None)
-        both, _ = await tokens.create(conn, "operator", ["read", "write"], None)
-    finally:
-        await conn.close()
+    made = await api_tokens(catalogue, producer=["write"], operator=["read", "write"])
+    writer, both = made["producer"], made["operator"]
     async for api in app_client(Settings(database_url=catalogue, auth_required=True)):
         as_writer = {**CSV, "Authorization": f"Bearer {writer}"}
         as_both = {**CSV, "Authorization": f"Bearer {both}"}

@@ -7,17 +7,15 @@ import random
 import re
 from typing import Any
 
-import asyncpg
 import httpx
 import orjson
 import pytest
 from pydantic import SecretStr
 
-from eventindex import tokens
 from eventindex.config import Settings
 from eventindex.middleware import interactive
 from eventindex.middleware.interactive import Priority
-from tests.support.auth import bearer
+from tests.support.auth import api_tokens, bearer
 from tests.support.catalogue import EVENTS_PER_RUN, RUNS, dsid_of, fuid_of, olt_of
 from tests.support.servers import app_client
 
@@ -549,12 +547,8 @@ async def test_the_fast_path_answers_as_the_routed_endpoint_does(
 async def test_the_fast_path_keeps_credentials_scopes_and_the_request_log(
     catalogue: str,
 ) -> None:
-    conn = await asyncpg.connect(catalogue)
-    try:
-        reader, _ = await tokens.create(conn, "reader", ["read"], None)
-        writer, _ = await tokens.create(conn, "producer", ["write"], None)
-    finally:
-        await conn.close()
+    made = await api_tokens(catalogue, reader=["read"], producer=["write"])
+    reader, writer = made["reader"], made["producer"]
     settings = Settings(
         database_url=catalogue, auth_required=True, metrics_token=SecretStr("m" * 32)
     )

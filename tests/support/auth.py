@@ -15,12 +15,15 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import jwt
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
+
+from eventindex import tokens
 
 
 def cli(*args: str, url: str) -> subprocess.CompletedProcess[str]:
@@ -46,6 +49,18 @@ def new_token(url: str, name: str, *scopes: str, expires: str | None = None) -> 
     token = result.stdout.strip().splitlines()[-1]
     assert token.startswith("ei_")
     return token
+
+
+async def api_tokens(url: str, **scopes: list[str]) -> dict[str, str]:
+    """API tokens made in the catalogue at ``url``, by name (``reader=["read"]``)."""
+    conn = await asyncpg.connect(url)
+    try:
+        return {
+            name: (await tokens.create(conn, name, given, None))[0]
+            for name, given in scopes.items()
+        }
+    finally:
+        await conn.close()
 
 
 def bearer(token: str) -> dict[str, str]:
