@@ -51,12 +51,15 @@ _T = TypeVar("_T")
 
 
 class PoolExhausted(TimeoutError):
-    """Every pooled connection stayed in use for the whole acquire timeout."""
+    """Every pooled connection stayed in use for the whole acquire timeout (or, for bulk
+    work, every connection bulk work may hold)."""
 
-    def __init__(self, size: int, timeout: float) -> None:
-        super().__init__(f"all {size} database connections in use for {timeout:g} s")
+    def __init__(self, size: int, timeout: float, bulk: bool = False) -> None:
+        held = f"{size} connections bulk work may hold" if bulk else f"{size} database connections"
+        super().__init__(f"all {held} in use for {timeout:g} s")
         self.size = size
         self.timeout = timeout
+        self.bulk = bulk
 
 
 _REPLICA_ERRORS: tuple[type[Exception], ...] = (*UNAVAILABLE_ERRORS, asyncpg.PostgresError)
@@ -327,7 +330,8 @@ class Lane:
             try:
                 await self.gate.enter(limit, bulk)
             except TimeoutError:
-                raise PoolExhausted(self.pool.get_max_size(), limit) from None
+                size = self.gate.bulk_limit if bulk else self.pool.get_max_size()
+                raise PoolExhausted(size, limit, bulk) from None
             try:
                 # What is left of the one timeout (the pool has a free connection for
                 # every holder of the gate, so this waits only to connect).

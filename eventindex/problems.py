@@ -164,8 +164,16 @@ def database_problem(exc: BaseException) -> Problem | None:
             503,
             "busy",
             "Service busy",
-            f"All {exc.size} of the service's database connections stayed in use for "
-            f"{exc.timeout:g} s; try again shortly.",
+            (
+                f"All {exc.size} of the database connections this worker lets bulk work "
+                f"(streams, lookups of many pairs, cursors) hold stayed in use for "
+                f"{exc.timeout:g} s (EVENTINDEX_BULK_CONNECTIONS); try again shortly."
+            )
+            if exc.bulk
+            else (
+                f"All {exc.size} of the service's database connections stayed in use for "
+                f"{exc.timeout:g} s; try again shortly."
+            ),
             headers={"Retry-After": "2"},
         )
     if isinstance(exc, UNAVAILABLE_ERRORS):

@@ -198,7 +198,12 @@ async def test_restart_during_a_load_leaves_nothing_then_the_load_is_rerun(
 
 
 async def test_exhausted_pool_gives_503_busy_then_recovers(database_url: str) -> None:
-    settings = Settings(database_url=database_url, pool_max_size=2, pool_acquire_timeout=1.0)
+    settings = Settings(
+        database_url=database_url,
+        pool_max_size=2,
+        pool_acquire_timeout=1.0,
+        lookup_batch_size=1_000,
+    )
     locker = await asyncpg.connect(database_url)
     async for client in app_client(settings):
         assert (await client.get("/v1/events/100/1")).status_code == 200
@@ -221,6 +226,18 @@ async def test_exhausted_pool_gives_503_busy_then_recovers(database_url: str) ->
         )
         assert streamed.status_code == 503
         assert streamed.json()["type"] == "urn:eventindex:problem:busy"
+        # A stream of several batches is bulk work: refused naming what bulk work may hold
+        # (the pool's size less one here).
+        bulk = await client.post(
+            "/v1/lookup",
+            content=b"".join(b"100 %d\n" % e for e in range(3_000)),
+            headers={"content-type": "text/plain", "accept": "application/x-ndjson"},
+        )
+        assert bulk.status_code == 503
+        assert (
+            "All 1 of the database connections this worker lets bulk work"
+            in (bulk.json()["detail"])
+        )
         await tx.rollback()
         # The waiting lookups are answered, and new ones too.
         assert [(await t).status_code for t in held] == [200, 200]
