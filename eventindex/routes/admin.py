@@ -19,8 +19,9 @@ from eventindex.routes.jsonbody import read_json
 router = APIRouter(prefix="/v1/tokens", tags=["tokens"], dependencies=[Depends(require("admin"))])
 
 
-class TokenRequest(BaseModel):
-    name: str = Field(pattern=tokens.NAME_PATTERN, examples=["grid-picking"])
+class _Grant(BaseModel):
+    """What a token and a certificate mapping both grant: scopes, until when."""
+
     scopes: list[Literal["read", "write", "admin"]] = Field(min_length=1, examples=[["read"]])
     # Strict: an RFC 3339 string with its offset; a number (read as Unix time by lax
     # parsing) is refused.
@@ -36,6 +37,10 @@ class TokenRequest(BaseModel):
         if value is not None and value <= datetime.now(UTC):
             raise ValueError("expires_at must be in the future")
         return value
+
+
+class TokenRequest(_Grant):
+    name: str = Field(pattern=tokens.NAME_PATTERN, examples=["grid-picking"])
 
 
 class TokenInfo(BaseModel):
@@ -119,7 +124,7 @@ certificates = APIRouter(
 )
 
 
-class CertificateRequest(BaseModel):
+class CertificateRequest(_Grant):
     dn: str = Field(
         min_length=1,
         max_length=certs.MAX_DN_LENGTH,
@@ -128,19 +133,6 @@ class CertificateRequest(BaseModel):
         examples=["/C=RU/O=JINR/OU=LIT/CN=Ivan Ivanov"],
     )
     name: str = Field(pattern=tokens.NAME_PATTERN, examples=["ivanov"])
-    scopes: list[Literal["read", "write", "admin"]] = Field(min_length=1, examples=[["read"]])
-    expires_at: Annotated[AwareDatetime | None, Field(strict=True)] = Field(
-        default=None,
-        description="RFC 3339 date-time with an offset, in the future; null for never",
-        examples=["2027-06-30T00:00:00Z"],
-    )
-
-    @field_validator("expires_at")
-    @classmethod
-    def _in_future(cls, value: datetime | None) -> datetime | None:
-        if value is not None and value <= datetime.now(UTC):
-            raise ValueError("expires_at must be in the future")
-        return value
 
 
 class CertificateInfo(BaseModel):
