@@ -40,10 +40,13 @@ from eventindex.routes import (
 )
 from eventindex.routes.admin import CertificateRequest, TokenRequest
 from eventindex.schemas import DatasetRequest, LookupRequest, ProblemDetail
+from eventindex.singles import SingleLookups
 
 log = logging.getLogger("eventindex")
 
 _STREAM_CLOSE_TIMEOUT = 5.0
+# Single-event batch queries in flight at once, per worker (see singles.py).
+_SINGLE_QUERIES = 2
 _REF = "#/components/schemas/{model}"
 
 
@@ -54,6 +57,7 @@ class State(TypedDict):
     streams: set[asyncio.Task[Any]]  # running streams (streaming.LookupStream, CursorStream)
     collector: Collector  # group commit of uploaded files
     priority: Priority  # interactive requests in flight, which bulk work lets go first
+    singles: SingleLookups  # single-event lookups, asked together when they crowd
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -70,6 +74,7 @@ def create_app(settings: Settings) -> FastAPI:
             Database.open(settings, dsn) as db,
             Authenticator.open(settings) as auth,
             Collector.open(db, settings) as collector,
+            SingleLookups.open(db.reads, _SINGLE_QUERIES) as singles,
         ):
             metrics.pool = db.reads.pool
             try:
@@ -80,6 +85,7 @@ def create_app(settings: Settings) -> FastAPI:
                     "streams": streams,
                     "collector": collector,
                     "priority": Priority(),
+                    "singles": singles,
                 }
             finally:
                 # The server has cancelled what outlived its grace period: let the streams

@@ -16,6 +16,7 @@ from fastapi import Depends, Request
 from eventindex.config import Settings
 from eventindex.db import Connection, Database
 from eventindex.ingest.collector import Collector
+from eventindex.singles import SingleLookups
 
 
 async def get_database(request: Request) -> Database:
@@ -33,9 +34,15 @@ async def get_collector(request: Request) -> Collector:
     return collector
 
 
+async def get_singles(request: Request) -> SingleLookups:
+    singles: SingleLookups = request.state.singles
+    return singles
+
+
 DatabaseDep = Annotated[Database, Depends(get_database)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 CollectorDep = Annotated[Collector, Depends(get_collector)]
+SinglesDep = Annotated[SingleLookups, Depends(get_singles)]
 
 
 async def read_connection(db: DatabaseDep) -> AsyncIterator[Connection]:

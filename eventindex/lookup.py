@@ -66,14 +66,6 @@ LEFT JOIN eventindex_lookup($1::text::integer[], $2::text::bigint[]) AS x
 """
 CSV_HEADER = b"run_number,event_number,found,fuid_raw,dsid_raw,olt_result\n"
 
-# One event: eventindex_lookup_one (migration 0009) is inlined into this query on a single
-# server (one index probe), and routed to the run's shard on a coordinator.
-GET_EVENT = """
-SELECT run_number, event_number, fuid_raw::text AS fuid_raw, dsid_raw, olt_result
-FROM eventindex_lookup_one($1::integer, $2::bigint)
-"""
-
-
 # Run and event numbers as ints (a JSON body) or as their decimal digits (a streamed body,
 # see PairParser.feed_tokens).
 Numbers = Sequence[int] | Sequence[bytes]
@@ -97,7 +89,7 @@ BROKEN_CONNECTION_ERRORS: tuple[type[Exception], ...] = (
     asyncpg.InternalClientError,
     ConnectionError,
 )
-_RETRY_PAUSE = 0.5
+RETRY_PAUSE = 0.5
 
 # Below this, splitting a request over connections costs more than it saves.
 MIN_SPLIT = 2_000
@@ -157,7 +149,7 @@ async def lookup_on_pool(
         async with lookup_connection(lane, bulk=bulk) as conn:
             return await lookup_batch(conn, runs, events, separator, csv)
     except BROKEN_CONNECTION_ERRORS:
-        await asyncio.sleep(_RETRY_PAUSE)
+        await asyncio.sleep(RETRY_PAUSE)
     async with lookup_connection(lane, bulk=bulk) as conn:
         return await lookup_batch(conn, runs, events, separator, csv)
 
@@ -260,15 +252,3 @@ async def lookup_all(
         found += result.found
     count_pairs(found, len(runs))
     return BatchResult(separator.encode().join(parts), len(runs), found)
-
-
-async def get_event(lane: Lane, run: int, event: int) -> asyncpg.Record | None:
-    try:
-        async with lane.acquire() as conn:
-            with timed_query("get_event"):
-                return await conn.fetchrow(GET_EVENT, run, event)
-    except BROKEN_CONNECTION_ERRORS:
-        await asyncio.sleep(_RETRY_PAUSE)  # asked once more: see lookup_on_pool
-    async with lane.acquire() as conn:
-        with timed_query("get_event"):
-            return await conn.fetchrow(GET_EVENT, run, event)

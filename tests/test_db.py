@@ -14,6 +14,7 @@ from eventindex.config import Settings
 from eventindex.db import Database, FairGate
 from eventindex.ingest.collector import Collector, Dataset, Upload
 from eventindex.ingest.filebody import FileBody, RowBuffer
+from eventindex.singles import SingleLookups
 from tests.support.uploads import as_csv, events_of
 
 
@@ -134,7 +135,8 @@ async def test_pooled_connections_come_back_with_no_session_state(catalogue: str
             db.reads, runs, numbers, separator="\n", batch_size=700, connections=1
         )
         assert (whole.requested, whole.found) == (2_000, 300)
-        row = await lookup.get_event(db.reads, 80, 7)
+        async with SingleLookups.open(db.reads, 2) as singles:
+            row = await singles.get(80, 7)
         assert row is not None
         assert row["fuid_raw"] == str(uuid.UUID(int=5))
         with pytest.raises(asyncpg.UniqueViolationError):

@@ -211,7 +211,11 @@ async def test_exhausted_pool_gives_503_busy_then_recovers(database_url: str) ->
         tx = locker.transaction()
         await tx.start()
         await locker.execute("LOCK TABLE events IN ACCESS EXCLUSIVE MODE")
-        held = [asyncio.create_task(client.get(f"/v1/events/100/{e}")) for e in (2, 3)]
+        # (JSON lookups: concurrent GETs would go together, in one query on one connection.)
+        held = [
+            asyncio.create_task(client.post("/v1/lookup", json={"pairs": [[100, e]]}))
+            for e in (2, 3)
+        ]
         await asyncio.sleep(0.5)
         busy = await client.get("/v1/events/100/4")
         assert busy.status_code == 503

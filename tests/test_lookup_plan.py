@@ -6,13 +6,13 @@ import asyncpg
 
 from eventindex.db import Lane
 from eventindex.lookup import (
-    GET_EVENT,
     LOOKUP_BATCH_JSON,
     LOOKUP_PLAN_SETTINGS,
     array_literal,
     lookup_batch,
     lookup_connection,
 )
+from eventindex.singles import GET_EVENT
 from tests.support.catalogue import fuid_of, olt_of
 
 

@@ -21,9 +21,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from eventindex.auth import OPEN, Authenticator
 from eventindex.config import MAX_EVENT_NUMBER, MAX_RUN_NUMBER
-from eventindex.db import Database
 from eventindex.problems import Problem, problem_of_failure
 from eventindex.routes.events import event_answer
+from eventindex.singles import SingleLookups
 
 _PATH = re.compile(r"/v1/events/([0-9]{1,10})/([0-9]{1,19})")
 
@@ -47,7 +47,7 @@ class SingleEventFastPath:
             return
         state = scope["state"]
         auth: Authenticator = state["auth"]
-        db: Database = state["db"]
+        singles: SingleLookups = state["singles"]
         path: str = scope["path"]
         try:
             principal = await auth.identify(Request(scope))
@@ -58,7 +58,7 @@ class SingleEventFastPath:
             else:
                 state["principal"] = principal.name
                 scope["route"] = self.route
-                response = await event_answer(db.reads, run, event)
+                response = await event_answer(singles, run, event)
         except Problem as problem:
             response = problem.response(path)
         except Exception as exc:

@@ -13,11 +13,12 @@ from eventindex import lookup
 from eventindex.auth import require
 from eventindex.config import MAX_EVENT_NUMBER, MAX_RUN_NUMBER, Settings
 from eventindex.db import Lane
-from eventindex.deps import DatabaseDep, SettingsDep
+from eventindex.deps import DatabaseDep, SettingsDep, SinglesDep
 from eventindex.middleware.bodylimits import too_slow
 from eventindex.pairs import JsonBodyError, PairParser, PairSyntaxError
 from eventindex.problems import Problem, problem_responses
 from eventindex.schemas import ASCII_DIGITS, Event, LookupResponse, parse_lookup_request
+from eventindex.singles import SingleLookups
 from eventindex.streaming import NDJSON, LookupStream, no_pairs, syntax_problem
 
 router = APIRouter(prefix="/v1", tags=["event picking"], dependencies=[Depends(require("read"))])
@@ -41,15 +42,15 @@ _LINE_TYPES = {
 async def get_event(
     run_number: Annotated[int, Path(ge=0, le=MAX_RUN_NUMBER, examples=[1234]), ASCII_DIGITS],
     event_number: Annotated[int, Path(ge=0, le=MAX_EVENT_NUMBER, examples=[56789]), ASCII_DIGITS],
-    db: DatabaseDep,
+    singles: SinglesDep,
 ) -> Response:
-    return await event_answer(db.reads, run_number, event_number)
+    return await event_answer(singles, run_number, event_number)
 
 
-async def event_answer(lane: Lane, run_number: int, event_number: int) -> Response:
+async def event_answer(singles: SingleLookups, run_number: int, event_number: int) -> Response:
     """The answer of ``GET /v1/events/{run}/{event}``, here and on its fast path
     (``middleware/fastget.py``)."""
-    row = await lookup.get_event(lane, run_number, event_number)
+    row = await singles.get(run_number, event_number)
     if row is None:
         raise Problem(
             404,
