@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import os
 import re
@@ -386,6 +387,7 @@ def is_loopback_listener(host: str) -> bool:
     return host == "localhost" or _loopback_address(host)
 
 
+@functools.lru_cache(maxsize=256)  # asked of every request's Host header in development
 def _loopback_address(text: str) -> bool:
     try:
         return ipaddress.ip_address(text).is_loopback

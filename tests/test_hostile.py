@@ -523,6 +523,24 @@ async def test_pipelined_requests_are_all_answered(server: Server) -> None:
     assert [orjson.loads(r.body)["event_number"] for r in replies] == [1, 2, 3]
 
 
+async def test_an_answer_before_the_server_closes_arrives_whole(server: Server) -> None:
+    """The server holds an answer's small writes to send them together (httpguard): a
+    ``Connection: close`` answer must still go out whole before the connection ends."""
+    reader, writer = await asyncio.open_connection(*address(server))
+    try:
+        writer.write(
+            b"GET /v1/events/%d/4 HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n" % RUN
+        )
+        await writer.drain()
+        async with asyncio.timeout(20):
+            everything = await reader.read()  # to the end of the connection
+    finally:
+        writer.close()
+    head, _, body = everything.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ")
+    assert orjson.loads(body)["fuid_raw"] == fuid_of(RUN, 4)
+
+
 def test_httpguard_hooks_exist_in_the_installed_uvicorn() -> None:
     """httpguard overrides these members of uvicorn's httptools protocol (and reads the
     attributes): if an upgrade renamed one, the limits would silently stop applying. The

@@ -253,17 +253,30 @@ class _Refused(Exception):
     """Raised from a parser callback to stop parsing a refused request."""
 
 
+# A write at most this long may wait for the end of the loop's turn (see _LingeringClose).
+_HOLD_BYTES = 16 * 1024
+
+
 class _LingeringClose:
-    """The connection's transport, except that closing it while the client is still sending
-    a body the answer did not wait for (a 413 or 408 from the application, with
-    ``Connection: close``) half-closes, drops what the client still sends for a moment, then
-    closes. Closing at once with unread input makes the kernel reset the connection, and the
-    reset can destroy the answer before the client has read it."""
+    """The connection's transport, with two changes.
+
+    Closing it while the client is still sending a body the answer did not wait for (a 413
+    or 408 from the application, with ``Connection: close``) half-closes, drops what the
+    client still sends for a moment, then closes. Closing at once with unread input makes
+    the kernel reset the connection, and the reset can destroy the answer before the
+    client has read it.
+
+    Small writes made in one turn of the event loop go out together at its end: uvicorn
+    writes an answer's head and its body apart, and the second send() was a fifth of the
+    CPU of a single-event GET (py-spy under ``wrk``). Larger writes, closing and
+    half-closing send what is held first, so the bytes keep their order.
+    """
 
     def __init__(self, transport: asyncio.Transport, protocol: GuardedProtocol) -> None:
         self._transport = transport
         self._protocol = protocol
         self.lingering = False
+        self._held: list[bytes] = []
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._transport, name)
@@ -275,12 +288,42 @@ class _LingeringClose:
         # Once half-closed nothing more can be sent: an application still answering a
         # request whose connection the server gave up on (a malformed chunk after its
         # headers) is talking to nobody.
-        if not self.lingering:
-            self._transport.write(data)
+        if self.lingering:
+            return
+        if len(data) > _HOLD_BYTES:
+            if self._held:
+                self._held.append(data)
+                self.flush()
+            else:
+                self._transport.write(data)
+            return
+        if not self._held:
+            self._protocol.loop.call_soon(self.flush)
+        self._held.append(data)
+
+    def flush(self) -> None:
+        if not self._held:
+            return
+        held, self._held = self._held, []
+        if self.lingering or self._transport.is_closing():
+            return
+        if len(held) == 1:
+            self._transport.write(held[0])
+        else:
+            self._transport.writelines(held)
+
+    def write_eof(self) -> None:
+        self.flush()
+        self._transport.write_eof()
+
+    def abort(self) -> None:
+        self._held = []
+        self._transport.abort()
 
     def close(self) -> None:
         if self.lingering or self._transport.is_closing():
             return
+        self.flush()
         cycle = self._protocol.cycle
         if cycle is not None and cycle.more_body and self._transport.can_write_eof():
             self.lingering = True
