@@ -23,7 +23,7 @@ from eventindex.middleware.bodylimits import BodyLimits
 from eventindex.middleware.clientcert import ClientCertificates, trusted_networks
 from eventindex.middleware.fastget import SingleEventFastPath
 from eventindex.middleware.hostcheck import LoopbackHostsOnly
-from eventindex.middleware.interactive import InteractiveFirst, Priority
+from eventindex.middleware.interactive import BulkAdmission, InteractiveFirst, Priority
 from eventindex.middleware.ratelimit import RateLimit, RateLimiter
 from eventindex.middleware.requestlog import RequestLog, configure_logging
 from eventindex.middleware.secheaders import SecurityHeaders
@@ -57,6 +57,7 @@ class State(TypedDict):
     streams: set[asyncio.Task[Any]]  # running streams (streaming.LookupStream, CursorStream)
     collector: Collector  # group commit of uploaded files
     priority: Priority  # interactive requests in flight, which bulk work lets go first
+    admission: BulkAdmission  # bulk requests served at once, and those waiting their turn
     singles: SingleLookups  # single-event lookups, asked together when they crowd
 
 
@@ -77,6 +78,10 @@ def create_app(settings: Settings) -> FastAPI:
             SingleLookups.open(db.reads, _SINGLE_QUERIES) as singles,
         ):
             metrics.pool = db.reads.pool
+            admission = BulkAdmission(
+                settings.bulk_connections, settings.bulk_queue, settings.bulk_queue_timeout
+            )
+            metrics.admission = admission
             try:
                 yield {
                     "auth": auth,
@@ -85,6 +90,7 @@ def create_app(settings: Settings) -> FastAPI:
                     "streams": streams,
                     "collector": collector,
                     "priority": Priority(),
+                    "admission": admission,
                     "singles": singles,
                 }
             finally:
@@ -94,6 +100,7 @@ def create_app(settings: Settings) -> FastAPI:
                 if running:
                     await asyncio.wait(running, timeout=_STREAM_CLOSE_TIMEOUT)
                 metrics.pool = None
+                metrics.admission = None
 
     docs = settings.docs_enabled
     app = FastAPI(

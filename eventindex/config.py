@@ -133,10 +133,21 @@ class Settings(BaseSettings):
     bulk_connections: Annotated[int, Field(ge=1)] = Field(
         default=2,
         description="connections of each worker's pool that bulk work (streamed lookups, "
-        "cursors, JSON lookups larger than a batch) may hold at once (at most the pool's "
-        "size less one): the rest serve single events, page-sized lookups and catalogue "
-        "queries at once, and a database kept from running more bulk queries than it "
-        "has cores answers those quickly",
+        "cursors, lookups whose body is over 32 kB) may hold at once (at most the pool's "
+        "size less one), and the bulk requests each worker serves at once: the rest serve "
+        "single events, page-sized lookups and catalogue queries at once, and a database "
+        "kept from running more bulk queries than it has cores answers those quickly",
+    )
+    bulk_queue: Annotated[int, Field(ge=0)] = Field(
+        default=1000,
+        description="bulk requests each worker lets wait for their turn (beyond "
+        "bulk_connections served at once), holding nothing but their sockets; more are "
+        "answered 503 with Retry-After at once",
+    )
+    bulk_queue_timeout: Annotated[float, Field(gt=0)] = Field(
+        default=120.0,
+        description="seconds a bulk request waits for its turn before it is answered 503 "
+        "with Retry-After (a reverse proxy in front must wait as long for an answer to start)",
     )
     statement_timeout_ms: Annotated[int, Field(ge=0)] = 60_000
     max_json_pairs: Annotated[int, Field(ge=1)] = 100_000

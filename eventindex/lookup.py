@@ -13,7 +13,7 @@ import asyncpg
 
 from eventindex.db import Connection, Lane
 from eventindex.metrics import count_pairs, timed_query
-from eventindex.middleware.interactive import as_bulk, bulk_turn
+from eventindex.middleware.interactive import as_bulk, bulk_turn, is_bulk
 
 # --- SQL (bound parameters only; tests/test_sql_safety.py) ---
 
@@ -233,9 +233,10 @@ async def lookup_all(
     A list smaller than a batch is still split over the connections (down to
     ``MIN_SPLIT`` pairs a query), so a medium-sized request uses both the
     database's cores. One that fits in a batch is interactive work (the page's
-    lookups), served before the batches of streams; a larger one is bulk.
+    lookups), served before the batches of streams, unless its request was admitted as
+    bulk work (``middleware/interactive.py``); a larger one is bulk.
     """
-    bulk = len(runs) > batch_size
+    bulk = len(runs) > batch_size or is_bulk()
     per_connection = max(MIN_SPLIT, -(-len(runs) // connections))
     batch_size = min(batch_size, per_connection)
     n_batches = -(-len(runs) // batch_size)

@@ -15,6 +15,7 @@ from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:  # db imports this module (the metrics of a pool)
     from eventindex.db import Connection
+    from eventindex.middleware.interactive import BulkAdmission
 
 
 # --- SQL (bound parameters only; tests/test_sql_safety.py) ---
@@ -47,12 +48,23 @@ class _PoolCollector(Collector):
         )
         waiting.add_metric([], self.metrics.waiting)
         yield waiting
+        bulk = GaugeMetricFamily(
+            "eventindex_bulk_requests",
+            "Bulk requests (streams, lookups of many pairs, listings) of this worker",
+            labels=["state"],
+        )
+        admission = self.metrics.admission
+        if admission is not None:
+            bulk.add_metric(["served"], admission.served)
+            bulk.add_metric(["waiting"], admission.waiting)
+        yield bulk
 
 
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.pool: asyncpg.Pool | None = None
+        self.admission: BulkAdmission | None = None
         self.waiting = 0
         r = self.registry
         self.requests = Counter(

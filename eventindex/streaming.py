@@ -27,7 +27,7 @@ from eventindex.db import Lane, PoolExhausted
 from eventindex.lookup import CSV_HEADER, Batch, iterate_batches, lookup_batches
 from eventindex.metrics import count_pairs
 from eventindex.metrics import current as current_metrics
-from eventindex.middleware.interactive import as_bulk, bulk_turn
+from eventindex.middleware.interactive import admit_bulk, bulk_turn
 from eventindex.pairs import PairParser, PairSyntaxError
 from eventindex.problems import Problem, database_problem
 from eventindex.spool import BodyTooLarge, Spool
@@ -443,8 +443,8 @@ class CursorStream(Response):
         path = scope.get("path")
         started = False
         rows = 0
-        as_bulk()
         try:
+            await admit_bulk()
             async with self.lane.acquire(bulk=True) as conn, conn.transaction(readonly=True):
                 head = [(b"content-type", NDJSON.encode())]
                 await send({"type": "http.response.start", "status": 200, "headers": head})
@@ -463,6 +463,9 @@ class CursorStream(Response):
             if started:
                 await _last_words(send, _stopping_line(path, rows, f"{rows} lines"))
             raise
+        except Problem as refused:  # no turn among the bulk requests
+            await refused.response(path)(scope, _no_receive, send)
+            return
         except (asyncpg.PostgresError, asyncpg.InterfaceError, PoolExhausted, OSError) as exc:
             if isinstance(exc, OSError) and started:
                 raise  # the send failed: nobody to tell
