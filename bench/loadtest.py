@@ -8,7 +8,10 @@ import asyncio
 import os
 import re
 import statistics
+import sys
 from pathlib import Path
+
+import orjson
 
 from bench.common import (
     JSON_PAIRS,
@@ -109,6 +112,16 @@ async def bench_load_test(args: argparse.Namespace) -> int:
             log(f"load: {args.clients} clients for {args.duration:g} s ...")
             rss_before = status_kib(proc.pid, "VmRSS")
             reset_peak_rss(proc.pid)
+            # One more client, in a process of its own, for as long as the load.
+            prober = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "bench.prober",
+                base,
+                str(args.duration),
+                str(args.events),
+                stdout=asyncio.subprocess.PIPE,
+            )
             phases["load"] = await run_load(
                 base,
                 work,
@@ -119,6 +132,8 @@ async def bench_load_test(args: argparse.Namespace) -> int:
                 seed=2,
                 timeout=args.timeout,
             )
+            probe_out, _ = await prober.communicate()
+            probe = orjson.loads(probe_out) if prober.returncode == 0 else None
             peak_kib = status_kib(proc.pid, "VmHWM")
             rss_after_load = status_kib(proc.pid, "VmRSS")
             phases["recovery"] = await single("recovery")
@@ -129,7 +144,7 @@ async def bench_load_test(args: argparse.Namespace) -> int:
             proc.terminate()
             proc.wait(30)
     return report_load_test(
-        args, phases, monitor, (rss_before, peak_kib, rss_after_load), extra_env, server_log
+        args, phases, monitor, (rss_before, peak_kib, rss_after_load), extra_env, server_log, probe
     )
 
 
@@ -151,6 +166,7 @@ def report_load_test(
     rss: tuple[int, int, int],
     extra_env: dict[str, str],
     server_log: Path,
+    probe: dict[str, float] | None,
 ) -> int:
     load = phases["load"]
     mix = ",".join(f"{k}={v:g}" for k, v in args.mix.items())
@@ -188,6 +204,14 @@ def report_load_test(
         f"rightly), {sum(k.unknown for k in load.kinds.values()):,} unknown pairs answered as "
         "unknown"
     )
+    if probe is None:
+        print("one more client (sequential GETs, a process of its own): it failed")
+    else:
+        print(
+            f"one more client during the load (sequential GETs over one connection, in a "
+            f"process of its own): {probe['n']:,.0f} GETs, p50 {probe['p50']:.1f} ms, "
+            f"p99 {probe['p99']:.1f} ms, max {probe['max']:.1f} ms"
+        )
     print()
     print("latency under load and after it, as ratios of the unloaded baseline p50 (one client):")
     print(f"{'kind':<9}{'baseline p50':>14}{'load p50':>10}{'load p99':>10}{'recovered p50':>15}")
@@ -261,7 +285,7 @@ def report_load_test(
         print(f"server warnings and errors ({server_log}), by kind:")
         for line in summary[:10]:
             print(line)
-    return 1 if errors or not within else 0
+    return 1 if errors or not within or probe is None else 0
 
 
 def server_env(text: str) -> tuple[str, str]:
