@@ -13,7 +13,7 @@ import asyncpg
 
 from eventindex.db import Connection, Lane
 from eventindex.metrics import count_pairs, timed_query
-from eventindex.middleware.interactive import as_bulk, bulk_turn, is_bulk
+from eventindex.middleware.interactive import as_bulk, bulk_turn, is_bulk, weighty
 
 # --- SQL (bound parameters only; tests/test_sql_safety.py) ---
 
@@ -237,6 +237,8 @@ async def lookup_all(
     bulk work (``middleware/interactive.py``); a larger one is bulk.
     """
     bulk = len(runs) > batch_size or is_bulk()
+    if not bulk:
+        weighty()
     per_connection = max(MIN_SPLIT, -(-len(runs) // connections))
     batch_size = min(batch_size, per_connection)
     n_batches = -(-len(runs) // batch_size)
