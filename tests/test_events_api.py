@@ -576,7 +576,7 @@ async def test_the_fast_path_keeps_credentials_scopes_and_the_request_log(
 async def test_priority_holds_bulk_steps_while_an_interactive_request_runs() -> None:
     """Bulk steps wait for the interactive request in flight, and go on when it ends; a
     request that turned bulk holds nothing back. (No clocks: the order of events.)"""
-    priority = Priority(max_pause=60.0)
+    priority = Priority(max_pause=60.0, short_pause=60.0)
     order: list[str] = []
     request = priority.claim()
 
@@ -601,7 +601,7 @@ async def test_priority_holds_bulk_steps_while_an_interactive_request_runs() -> 
 
 
 async def test_a_bulk_step_waits_no_longer_than_its_pause() -> None:
-    priority = Priority(max_pause=0.01)
+    priority = Priority(max_pause=0.01, short_pause=0.01)
     held = priority.claim()
     token = interactive._claim.set(priority.claim())
     try:
@@ -611,3 +611,37 @@ async def test_a_bulk_step_waits_no_longer_than_its_pause() -> None:
         interactive._claim.reset(token)
     assert held.held
     assert priority.active == 1
+
+
+async def test_bulk_steps_hold_back_longer_for_a_request_with_database_work() -> None:
+    """A single-event request holds bulk steps back for the short pause only; one that
+    weighs (a page-sized lookup) for as long as it runs, up to the long pause."""
+    priority = Priority(max_pause=60.0, short_pause=0.001)
+    request = priority.claim()
+    token = interactive._claim.set(request)
+    bulk_token = None
+    try:
+        bulk_claim = priority.claim()
+        bulk_claim.release()  # a request that turned bulk
+        bulk_token = interactive._claim.set(bulk_claim)
+        await interactive.bulk_turn()  # back after the short pause although one is in flight
+        interactive._claim.reset(bulk_token)
+        bulk_token = None
+        interactive.weighty()
+        assert priority.weighty == 1
+
+        async def bulk_step() -> None:
+            interactive._claim.set(bulk_claim)
+            await interactive.bulk_turn()
+
+        step = asyncio.create_task(bulk_step())
+        for _ in range(20):
+            await asyncio.sleep(0.002)  # many short pauses: the step still waits
+        assert not step.done()
+        request.release()
+        await step
+        assert (priority.active, priority.weighty) == (0, 0)
+    finally:
+        if bulk_token is not None:
+            interactive._claim.reset(bulk_token)
+        interactive._claim.reset(token)
