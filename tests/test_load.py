@@ -104,6 +104,9 @@ async def test_overload_refuses_but_never_answers_wrongly(database_url: str) -> 
         "EVENTINDEX_POOL_MAX_SIZE": "2",
         "EVENTINDEX_POOL_ACQUIRE_TIMEOUT": "0.2",
         "EVENTINDEX_LOOKUP_BATCH_SIZE": "1000",  # many batches a stream, each a new wait
+        # Bulk requests otherwise take turns, two at a time, and none is refused: here many
+        # run at once and their batches wait for the one connection bulk work may hold.
+        "EVENTINDEX_BULK_CONNECTIONS": "16",
     }
     with run_server(database_url, **env) as server:
         # More streams than the default mix: they are where a failure part-way shows.

@@ -72,24 +72,25 @@ class RequestLog:
             method = scope["method"]
             self._count(method, route, status).inc()
             self._time(method, route).observe(duration)
-            client = scope.get("client")
-            log.info(
-                "%s %s %s %.1f ms",
-                method,
-                route,
-                status,
-                duration * 1000,
-                extra={
-                    "method": method,
-                    "route": route,
-                    "path": scope.get("path"),
-                    "status": status,
-                    "duration_ms": round(duration * 1000, 2),
-                    "pairs": state.get("pairs"),
-                    "client": client[0] if client else None,
-                    "request_id": request_id,
-                },
-            )
+            if log.isEnabledFor(logging.INFO):  # (else gathering the fields is wasted)
+                client = scope.get("client")
+                log.info(
+                    "%s %s %s %.1f ms",
+                    method,
+                    route,
+                    status,
+                    duration * 1000,
+                    extra={
+                        "method": method,
+                        "route": route,
+                        "path": scope.get("path"),
+                        "status": status,
+                        "duration_ms": round(duration * 1000, 2),
+                        "pairs": state.get("pairs"),
+                        "client": client[0] if client else None,
+                        "request_id": request_id,
+                    },
+                )
 
     def _count(self, method: str, route: str, status: int) -> Any:
         key = (method, route, status)
