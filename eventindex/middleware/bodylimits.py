@@ -66,7 +66,12 @@ class BodyLimits:
         if scope["type"] != "http" or path in self.exempt or path.startswith(self.exempt_prefixes):
             await self.app(scope, receive, send)
             return
-        declared = _content_length(scope)
+        declared, chunked = _framing(scope)
+        if declared is None and not chunked:
+            # No Content-Length and no Transfer-Encoding: an HTTP/1.1 request without a
+            # body (RFC 9112, 6.3), such as every GET: nothing to limit.
+            await self.app(scope, receive, send)
+            return
         if declared is not None and declared > self.max_bytes:
             await too_large(self.max_bytes).response(path)(scope, receive, send)
             return
@@ -108,11 +113,18 @@ class BodyLimits:
             await problem.response(path)(scope, receive, send)
 
 
-def _content_length(scope: Scope) -> int | None:
+def _framing(scope: Scope) -> tuple[int | None, bool]:
+    """The request's Content-Length (None if absent or not a number; such a request
+    counts as having a body), and whether it has a Transfer-Encoding."""
+    length: int | None = None
+    has_length = chunked = False
     for name, value in scope.get("headers", []):
         if name == b"content-length":
-            return int(value) if value.isdigit() else None
-    return None
+            has_length = True
+            length = int(value) if value.isdigit() else None
+        elif name == b"transfer-encoding":
+            chunked = True
+    return length, chunked or (has_length and length is None)
 
 
 def _loop_time(deadline: float) -> float:
