@@ -48,6 +48,21 @@ class HeldBody:
         yield self.rest
 
 
+async def hold_a_turn(
+    api: httpx.AsyncClient, held: HeldBody
+) -> tuple[HeldBody, asyncio.Task[httpx.Response]]:
+    """A streamed lookup that holds its turn among the bulk requests until its body ends."""
+    first = asyncio.create_task(
+        api.post(
+            "/v1/lookup",
+            content=held.chunks(),
+            headers={"content-type": "text/plain", "accept": NDJSON},
+        )
+    )
+    await held.sent_first.wait()
+    return held, first
+
+
 def bulk_requests(metrics: httpx.Response) -> dict[str, int]:
     """The eventindex_bulk_requests gauges of /metrics, by state."""
     found = re.findall(r'^eventindex_bulk_requests\{state="(\w+)"\} (\S+)$', metrics.text, re.M)
@@ -68,15 +83,9 @@ async def test_bulk_requests_wait_their_turn_and_interactive_ones_do_not(
 ) -> None:
     settings = Settings(database_url=database_url, bulk_connections=1, bulk_queue=5)
     async for api in app_client(settings):
-        held = HeldBody(lines_body(range(0, 10)), lines_body(range(10, 20)))
-        first = asyncio.create_task(
-            api.post(
-                "/v1/lookup",
-                content=held.chunks(),
-                headers={"content-type": "text/plain", "accept": NDJSON},
-            )
+        held, first = await hold_a_turn(
+            api, HeldBody(lines_body(range(0, 10)), lines_body(range(10, 20)))
         )
-        await held.sent_first.wait()
         second = asyncio.create_task(
             api.post(
                 "/v1/lookup",
@@ -110,15 +119,7 @@ async def test_bulk_requests_wait_their_turn_and_interactive_ones_do_not(
 async def test_beyond_the_queue_a_bulk_request_is_refused_at_once(database_url: str) -> None:
     settings = Settings(database_url=database_url, bulk_connections=1, bulk_queue=0)
     async for api in app_client(settings):
-        held = HeldBody(lines_body(range(0, 10)), b"")
-        first = asyncio.create_task(
-            api.post(
-                "/v1/lookup",
-                content=held.chunks(),
-                headers={"content-type": "text/plain", "accept": NDJSON},
-            )
-        )
-        await held.sent_first.wait()
+        held, first = await hold_a_turn(api, HeldBody(lines_body(range(0, 10)), b""))
         refused = await api.post(
             "/v1/lookup", content=big_json(5000), headers={"content-type": "application/json"}
         )
@@ -146,15 +147,7 @@ async def test_a_bulk_request_waits_no_longer_than_its_timeout(database_url: str
         database_url=database_url, bulk_connections=1, bulk_queue=5, bulk_queue_timeout=0.2
     )
     async for api in app_client(settings):
-        held = HeldBody(lines_body(range(0, 10)), b"")
-        first = asyncio.create_task(
-            api.post(
-                "/v1/lookup",
-                content=held.chunks(),
-                headers={"content-type": "text/plain", "accept": NDJSON},
-            )
-        )
-        await held.sent_first.wait()
+        held, first = await hold_a_turn(api, HeldBody(lines_body(range(0, 10)), b""))
         late = await api.post(
             "/v1/lookup",
             content=HeldBody(lines_body(range(0, 100)), b"").chunks(),  # no stated length
