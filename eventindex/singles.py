@@ -8,9 +8,10 @@ qos``). So the lookups that arrive while others are being asked wait for the que
 flight to end and then go together, in one query on one connection: a lone request is
 asked at once as before, and a crowd costs a query per batch instead of per request.
 
-The batch query calls ``eventindex_lookup_one`` for each pair (migration 0009): on one
-server it is inlined into a nested loop of index probes; on a sharded coordinator each
-call is routed to its run's shard, so the answers are exact either way.
+A lone lookup calls ``eventindex_lookup_one`` (migration 0009), a batch
+``eventindex_lookup`` (migration 0005): on one server both probe the primary key; on a
+sharded coordinator both are routed to the shards of the runs (``sharding.sql``), so the
+answers are exact either way.
 """
 
 from __future__ import annotations
@@ -35,11 +36,12 @@ SELECT run_number, event_number, fuid_raw::text AS fuid_raw, dsid_raw, olt_resul
 FROM eventindex_lookup_one($1::integer, $2::bigint)
 """
 
-# Several events at once, in no particular order (each answer carries its numbers).
+# Several events at once, in no particular order (each answer carries its numbers), through
+# the bulk lookup's function: on a coordinator it sends each shard its pairs in one call,
+# where a call of eventindex_lookup_one per pair would ask the shards one pair at a time.
 GET_EVENTS = """
-SELECT x.run_number, x.event_number, x.fuid_raw::text AS fuid_raw, x.dsid_raw, x.olt_result
-FROM unnest($1::integer[], $2::bigint[]) AS p (r, e),
-     LATERAL eventindex_lookup_one(p.r, p.e) AS x
+SELECT run_number, event_number, fuid_raw::text AS fuid_raw, dsid_raw, olt_result
+FROM eventindex_lookup($1::integer[], $2::bigint[])
 """
 
 # Most lookups a query asks at once; more wait for the next query.
@@ -63,6 +65,7 @@ class SingleLookups:
         self.waiting: dict[Key, list[asyncio.Future[asyncpg.Record | None]]] = {}
         self.running: set[asyncio.Task[None]] = set()
         self.scheduled = False
+        self.closed = False
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -71,6 +74,11 @@ class SingleLookups:
         try:
             yield lookups
         finally:
+            lookups.closed = True  # no batch starts after this
+            for futures in lookups.waiting.values():
+                for future in futures:
+                    future.cancel()
+            lookups.waiting.clear()
             for task in lookups.running:
                 task.cancel()
             if lookups.running:
@@ -78,6 +86,8 @@ class SingleLookups:
 
     async def get(self, run: int, event: int) -> asyncpg.Record | None:
         """The event's row, or None when the catalogue has no such event."""
+        if self.closed:
+            raise asyncio.CancelledError  # the service is stopping
         loop = asyncio.get_running_loop()
         future: asyncio.Future[asyncpg.Record | None] = loop.create_future()
         self.waiting.setdefault((run, event), []).append(future)
@@ -89,6 +99,8 @@ class SingleLookups:
 
     def _start(self) -> None:
         self.scheduled = False
+        if self.closed:
+            return
         while self.waiting and len(self.running) < self.queries:
             keys = list(self.waiting)[:MAX_BATCH]
             batch = {key: self.waiting.pop(key) for key in keys}

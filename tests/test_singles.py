@@ -138,17 +138,26 @@ async def test_a_failed_query_fails_each_of_its_requests(database_url: str) -> N
         await locker.close()
 
 
-async def test_closing_cancels_the_queries_in_flight(db: Database, database_url: str) -> None:
+async def test_closing_cancels_the_queries_in_flight_and_those_waiting(
+    db: Database, database_url: str
+) -> None:
     locker = await asyncpg.connect(database_url)
     try:
         async with locker.transaction():
             await locker.execute("LOCK TABLE events IN ACCESS EXCLUSIVE MODE")
-            async with SingleLookups.open(db.reads, 2) as singles:
+            async with SingleLookups.open(db.reads, 1) as singles:
                 asked = asyncio.create_task(singles.get(RUNS[0], 1))
                 await loop_turns()
-                assert singles.running
+                waiting = asyncio.create_task(singles.get(RUNS[0], 2))
+                await loop_turns()
+                assert (len(singles.running), len(singles.waiting)) == (1, 1)
             assert not singles.running
+            await loop_turns()
+            assert not singles.running  # nothing started after the close
+            for task in (asked, waiting):
+                with pytest.raises(asyncio.CancelledError):
+                    await task
             with pytest.raises(asyncio.CancelledError):
-                await asked
+                await singles.get(RUNS[0], 3)
     finally:
         await locker.close()
