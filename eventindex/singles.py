@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -102,7 +103,7 @@ class SingleLookups:
         if self.closed:
             return
         while self.waiting and len(self.running) < self.queries:
-            keys = list(self.waiting)[:MAX_BATCH]
+            keys = list(itertools.islice(self.waiting, MAX_BATCH))
             batch = {key: self.waiting.pop(key) for key in keys}
             task = asyncio.create_task(self._ask(batch))
             self.running.add(task)
